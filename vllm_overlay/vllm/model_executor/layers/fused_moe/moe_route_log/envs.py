@@ -1,0 +1,145 @@
+"""Every VLLM_LOG_MOE* environment variable: declared, typed and documented here.
+
+The variables are read once per process, when the engine builds its model
+(``read_config``), and checked there: a bad value stops the engine before it
+serves anything, with a message naming the variable, the value and what is
+accepted. Nothing else in the logger reads the environment.
+
+Pure Python: no torch, no vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# name -> (default, documentation). The README's table is generated from this.
+ENV_VARS: dict[str, tuple[str | None, str]] = {
+    "VLLM_LOG_MOE": (
+        None,
+        "Path of the JSONL route log. Setting it turns logging on; unset or empty, "
+        "vLLM runs exactly as before. Its directory must exist and be writable. "
+        "Runs with several data- or pipeline-parallel ranks write one file per rank "
+        "next to it (see the README).",
+    ),
+    "VLLM_LOG_MOE_LAYER": (
+        "0",
+        "Which decoder layers to log: one index (`0`), a comma list (`0,5,23`) or "
+        "`all`. Every index must be an MoE layer of the model.",
+    ),
+    "VLLM_LOG_MOE_SEED": (
+        None,
+        "Integer recorded in the header as the run's seed (default: the engine's own `seed`).",
+    ),
+    "VLLM_LOG_MOE_MODEL_ID": (
+        None,
+        "Model name recorded in the header (default: the engine's model path or hub id).",
+    ),
+    "VLLM_LOG_MOE_REQ_ID": (
+        None,
+        "Free-form run label recorded in the header (`req_id`).",
+    ),
+    "VLLM_LOG_MOE_BUFFER_MB": (
+        "256",
+        "Memory (MiB) the writer process may hold for lines not yet on disk. When "
+        "it is full, the engine waits (no route is ever dropped); the wait is "
+        "reported in the trailer line.",
+    ),
+}
+
+
+class LogConfigError(ValueError):
+    """A VLLM_LOG_MOE* variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The parsed VLLM_LOG_MOE* settings of this process."""
+
+    path: str
+    layer_spec: str  # VLLM_LOG_MOE_LAYER as given
+    layers: tuple[int, ...] | None  # None means all MoE layers
+    seed: int | None
+    model_id: str | None
+    run_label: str | None
+    buffer_bytes: int
+
+    def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The logged layer indices for a model of ``num_layers`` decoder layers."""
+        if self.layers is None:
+            return tuple(range(num_layers))
+        bad = [layer for layer in self.layers if layer >= num_layers]
+        if bad:
+            raise LogConfigError(
+                f"VLLM_LOG_MOE_LAYER={self.layer_spec!r}: layer "
+                f"{bad[0]} is out of range: the model has {num_layers} layers "
+                f"(0..{num_layers - 1})"
+            )
+        return self.layers
+
+
+def read_config(environ: Mapping[str, str] | None = None) -> LogConfig | None:
+    """Parse and check the VLLM_LOG_MOE* variables; None when logging is off."""
+    env = os.environ if environ is None else environ
+    path = env.get("VLLM_LOG_MOE", "")
+    if not path:
+        return None
+    layer_spec = env.get("VLLM_LOG_MOE_LAYER") or "0"
+    return LogConfig(
+        path=_check_log_path(path),
+        layer_spec=layer_spec,
+        layers=parse_layers(layer_spec),
+        seed=_parse_int(env, "VLLM_LOG_MOE_SEED", minimum=None),
+        model_id=env.get("VLLM_LOG_MOE_MODEL_ID") or None,
+        run_label=env.get("VLLM_LOG_MOE_REQ_ID") or None,
+        buffer_bytes=_parse_int(env, "VLLM_LOG_MOE_BUFFER_MB", minimum=1) * 2**20,
+    )
+
+
+def parse_layers(value: str) -> tuple[int, ...] | None:
+    """``"all"`` -> None; ``"3"`` / ``"0,5,23"`` -> sorted distinct indices."""
+    accepted = "accepted: a layer index (0), a comma list (0,5,23) or 'all'"
+    text = value.strip()
+    if text.lower() == "all":
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not text or any(not p.isdigit() for p in parts):
+        raise LogConfigError(f"VLLM_LOG_MOE_LAYER={value!r} is not valid; {accepted}")
+    return tuple(sorted({int(p) for p in parts}))
+
+
+def _parse_int(env: Mapping[str, str], name: str, minimum: int | None) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        default = ENV_VARS[name][0]
+        return None if default is None else int(default)
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise LogConfigError(f"{name}={raw!r} is not valid; accepted: an integer") from None
+    if minimum is not None and value < minimum:
+        raise LogConfigError(f"{name}={raw!r} is not valid; accepted: an integer >= {minimum}")
+    return value
+
+
+def _check_log_path(path: str) -> str:
+    """Fail now, not mid-run, if the log file cannot be written."""
+    path = os.path.abspath(os.path.expanduser(path))
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise LogConfigError(f"VLLM_LOG_MOE={path!r}: directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise LogConfigError(f"VLLM_LOG_MOE={path!r} is a directory; give a file path")
+    try:  # a real write test: permission bits say little to root or on read-only mounts
+        if os.path.exists(path):
+            if stat.S_ISREG(os.stat(path).st_mode):
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        else:
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".vllm_log_moe_probe"):
+                pass
+    except OSError as e:
+        raise LogConfigError(f"VLLM_LOG_MOE={path!r} is not writable: {e.strerror}") from None
+    return path

@@ -1,0 +1,186 @@
+"""The functions vLLM's own files call; everything else stays behind them.
+
+- ``on_model_loaded`` (end of ``BaseModelLoader.load_model``): reads and checks
+  the VLLM_LOG_MOE* variables, and in a process that logs, starts its session
+  and gives each logged FusedMoE layer a ``moe_route_recorder``.
+- ``end_step`` (``GPUModelRunner.execute_model``, after the forward pass): hands
+  the pass's real tokens and their requests to the session. The runner calls it
+  only while ``ACTIVE``, so with logging off the cost is that one check.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing.util
+import os
+import socket
+import time
+
+import numpy as np
+import torch
+
+from .envs import LogConfigError, read_config
+from .log_format import WEIGHT_DECIMALS
+from .naming import rank_log_path
+
+ACTIVE = False  # this process writes a route log
+_session = None
+_COMPILE_FACTOR = "VLLM_LOG_MOE (route recorder traced into the compiled graph)"
+
+
+class UnsupportedSetupError(LogConfigError):
+    """VLLM_LOG_MOE is set on an engine setup whose routes it cannot attribute."""
+
+
+def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
+    """Start route logging for ``model`` if VLLM_LOG_MOE asks for it."""
+    global ACTIVE, _session
+    from dataclasses import replace
+
+    from vllm.distributed import get_tensor_model_parallel_rank
+    from vllm.distributed.parallel_state import get_dp_group, get_ep_group, get_pp_group
+    from vllm.distributed.utils import get_pp_indices
+    from vllm.model_executor.layers.fused_moe.layer import FusedMoE
+
+    from .recorder import LayerRecorder
+    from .session import RouteLogSession
+
+    if _session is not None:  # a new engine in this process: the old log is done
+        _session.close()
+        _session, ACTIVE = None, False
+    config = read_config()
+    if config is None:
+        return
+    _check_supported(vllm_config)
+    parallel = vllm_config.parallel_config
+    num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
+    requested = config.resolve_layers(num_layers)
+    moe_layers = {m.layer_id: m for m in model.modules() if isinstance(m, FusedMoE)}
+    pp_rank, pp_size = get_pp_group().rank_in_group, parallel.pipeline_parallel_size
+    first, last = get_pp_indices(num_layers, pp_rank, pp_size)
+    if config.layers is not None:
+        dense = [i for i in requested if first <= i < last and i not in moe_layers]
+        if dense:
+            raise LogConfigError(
+                f"VLLM_LOG_MOE_LAYER={config.layer_spec!r}: layer {dense[0]} is not an "
+                f"MoE layer of this model; its MoE layers are {_ranges(sorted(moe_layers))}"
+            )
+    layers = [i for i in requested if i in moe_layers]
+    if get_tensor_model_parallel_rank() != 0 or not layers:
+        return  # tensor-parallel peers route the same tokens: rank 0 logs them
+    dp_rank, dp_size = get_dp_group().rank_in_group, parallel.data_parallel_size
+    hostname = socket.gethostname()
+    path = rank_log_path(config.path, dp_rank, dp_size, pp_rank, pp_size, hostname)
+    first_layer = moe_layers[layers[0]]
+    model_config = vllm_config.model_config
+    ep = parallel.enable_expert_parallel
+    meta = {
+        "vllm_version": _vllm_version(),
+        "model_id": config.model_id or model_config.model,
+        "seed": config.seed if config.seed is not None else model_config.seed,
+        "req_id": config.run_label,
+        "run_id": config.run_label or vllm_config.instance_id,
+        "layers": layers,
+        "num_layers": num_layers,
+        "moe_layers": sorted(moe_layers),
+        "num_experts": first_layer.logical_num_experts,
+        "top_k": first_layer.top_k,
+        "expert_ids": "logical",
+        "weights_decimals": WEIGHT_DECIMALS,
+        "ranks": {
+            "dp": dp_rank,
+            "dp_size": dp_size,
+            "pp": pp_rank,
+            "pp_size": pp_size,
+            "tp": 0,
+            "tp_size": parallel.tensor_parallel_size,
+            "ep": get_ep_group().rank_in_group if ep else 0,
+            "ep_size": get_ep_group().world_size if ep else 1,
+            "eplb": parallel.enable_eplb,
+        },
+        "hostname": hostname,
+        "pid": os.getpid(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "platform": vllm_config.device_config.device.type,
+        "enforce_eager": model_config.enforce_eager,
+        "prefix_caching": bool(vllm_config.cache_config.enable_prefix_caching),
+        "log_path": path,
+    }
+    session = RouteLogSession(
+        replace(config, path=path),
+        meta,
+        rows=vllm_config.scheduler_config.max_num_batched_tokens,
+        num_layers=len(layers),
+        top_k=first_layer.top_k,
+        device=vllm_config.device_config.device,
+    )
+    for slot, layer_id in enumerate(layers):
+        moe_layers[layer_id].moe_route_recorder = LayerRecorder(
+            moe_layers[layer_id], session.buffers, slot, dp_rank
+        )
+    _register_compile_factor(layers)
+    atexit.register(session.close)
+    multiprocessing.util.Finalize(None, session.close, exitpriority=100)
+    _session, ACTIVE = session, True
+
+
+def end_step(runner, tokens_per_req: np.ndarray) -> None:
+    """Log the forward pass ``runner`` just ran: ``tokens_per_req`` per batch request."""
+    if _session is None:
+        return
+    rows = int(tokens_per_req.sum())
+    _session.end_step(
+        list(runner.input_batch.req_ids[: len(tokens_per_req)]),
+        tokens_per_req.copy(),
+        runner.positions.np[:rows].copy(),
+    )
+
+
+def _check_supported(vllm_config) -> None:
+    parallel = vllm_config.parallel_config
+    unsupported = {
+        "speculative decoding (draft tokens would be logged as if accepted)": (
+            vllm_config.speculative_config is not None
+        ),
+        "sequence-parallel MoE (tensor and data parallel with expert parallel)": (
+            parallel.use_sequence_parallel_moe
+        ),
+        "prefill context parallelism": parallel.prefill_context_parallel_size > 1,
+        "dual-batch overlap (micro-batching)": parallel.use_ubatching,
+    }
+    for what, used in unsupported.items():
+        if used:
+            raise UnsupportedSetupError(
+                f"VLLM_LOG_MOE is set, but route logging does not support {what}; "
+                "unset VLLM_LOG_MOE or turn that feature off"
+            )
+
+
+def _register_compile_factor(layers: list[int]) -> None:
+    """Keep torch.compile caches of logged and unlogged runs apart where it matters.
+
+    On CPU and TPU, Dynamo traces FusedMoE.forward_impl itself, so the recorder
+    is part of the compiled graph; vLLM keys its compile cache on its env vars.
+    """
+    from vllm import envs as vllm_envs
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() or current_platform.is_tpu():
+        vllm_envs.environment_variables[_COMPILE_FACTOR] = lambda: f"layers={layers}"
+
+
+def _ranges(values: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3,7'"""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) or "none"
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__

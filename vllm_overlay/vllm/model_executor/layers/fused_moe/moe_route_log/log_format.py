@@ -1,0 +1,159 @@
+"""The route log's JSONL format: the one place where its lines are written.
+
+Line 1 is a header (``"type": "meta"``), then one ``"type": "route"`` line per
+(token, logged layer), then, on a clean shutdown, a trailer (``"type": "end"``).
+Route lines are encoded in bulk with numpy (no per-line Python), because a
+24-layer log of a busy engine runs to millions of lines a minute.
+
+Pure Python + numpy: no torch, no vLLM (the writer process imports it alone).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 2
+WEIGHT_DECIMALS = 6  # router weights are written rounded to this many decimals
+
+# Lines are assembled in a byte matrix, one row per line, and padding bytes are
+# squeezed out at the end. JSON text never contains a NUL byte (json.dumps
+# escapes it), so NUL can serve as the padding marker.
+_PAD = 0
+_LINES_PER_BLOCK = 65536  # bounds the byte matrix to ~15 MB
+
+
+def header_line(meta: dict) -> bytes:
+    """The first line of a log: ``meta`` plus ``type`` and ``schema``."""
+    return _json_line({"type": "meta", "schema": SCHEMA_VERSION, **meta})
+
+
+def trailer_line(stats: dict) -> bytes:
+    """The last line of a cleanly closed log."""
+    return _json_line({"type": "end", **stats})
+
+
+def _json_line(obj: dict) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+def encode_routes(
+    step: int,
+    layers: Sequence[int],
+    req_ids: Sequence[str],
+    tokens_per_req: np.ndarray,
+    positions: np.ndarray,
+    expert_ids: np.ndarray,
+    weights: np.ndarray,
+) -> bytes:
+    """Route lines of one forward pass, token-major (token 0's layers first).
+
+    ``expert_ids`` and ``weights`` are ``[tokens, len(layers), top_k]``;
+    ``tokens_per_req[i]`` consecutive rows belong to ``req_ids[i]``;
+    ``positions[t]`` is row t's position in its request.
+    """
+    n, num_layers, _ = expert_ids.shape
+    if weights.shape != expert_ids.shape:
+        raise ValueError(f"weights {weights.shape} != expert_ids {expert_ids.shape}")
+    if len(layers) != num_layers or len(positions) != n:
+        raise ValueError("layers/positions do not match the routes' shape")
+    if int(np.sum(tokens_per_req)) != n or len(req_ids) != len(tokens_per_req):
+        raise ValueError("tokens_per_req does not add up to the number of tokens")
+    if n == 0:
+        return b""
+    req_of_token = np.repeat(np.arange(len(req_ids)), tokens_per_req)
+    req_table = _string_table([json.dumps(r) for r in req_ids])
+    chunks = []
+    per_block = max(1, _LINES_PER_BLOCK // num_layers)
+    for start in range(0, n, per_block):
+        rows = slice(start, min(n, start + per_block))
+        chunks.append(
+            _encode_block(
+                step,
+                np.arange(rows.start, rows.stop, dtype=np.int64),
+                np.asarray(layers, dtype=np.int64),
+                req_table[req_of_token[rows]],
+                np.asarray(positions[rows], dtype=np.int64),
+                np.asarray(expert_ids[rows], dtype=np.int64),
+                np.asarray(weights[rows], dtype=np.float64),
+            )
+        )
+    return b"".join(chunks)
+
+
+def _encode_block(step, tokens, layers, req_strings, positions, ids, weights) -> bytes:
+    n, num_layers, top_k = ids.shape
+    per_token = lambda a: np.repeat(a, num_layers, axis=0)  # noqa: E731
+    lines = n * num_layers
+    pieces = [
+        _const(f'{{"type":"route","step":{step},"token":', lines),
+        per_token(_ints(tokens)),
+        _const(',"layer":', lines),
+        np.tile(_ints(layers), (n, 1)),
+        _const(',"req_id":', lines),
+        per_token(req_strings),
+        _const(',"pos":', lines),
+        per_token(_ints(positions)),
+        _const(',"experts":[', lines),
+    ]
+    flat_ids = ids.reshape(lines, top_k)
+    for j in range(top_k):
+        pieces += [_const(",", lines)] if j else []
+        pieces.append(_ints(flat_ids[:, j]))
+    pieces.append(_const('],"weights":[', lines))
+    flat_weights = weights.reshape(lines, top_k)
+    for j in range(top_k):
+        pieces += [_const(",", lines)] if j else []
+        pieces.append(_decimals(flat_weights[:, j]))
+    pieces.append(_const("]}\n", lines))
+    matrix = np.concatenate(pieces, axis=1).ravel()
+    return matrix[matrix != _PAD].tobytes()
+
+
+def _const(text: str, lines: int) -> np.ndarray:
+    row = np.frombuffer(text.encode(), dtype=np.uint8)
+    return np.broadcast_to(row, (lines, len(row)))
+
+
+def _ints(values: np.ndarray) -> np.ndarray:
+    """Non-negative ints -> ASCII digit rows, leading zeros as padding."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size and values.min() < 0:
+        raise ValueError("negative value in an unsigned field of a route line")
+    width = len(str(int(values.max()))) if values.size else 1
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    quotients = values[:, None] // powers
+    digits = (quotients % 10 + 48).astype(np.uint8)
+    digits[(quotients == 0) & (powers > 1)] = _PAD
+    return digits
+
+
+def _decimals(values: np.ndarray) -> np.ndarray:
+    """Floats -> JSON numbers with WEIGHT_DECIMALS decimals, trailing zeros dropped."""
+    if not np.all(np.isfinite(values)):
+        raise ValueError("non-finite router weight")
+    scaled = np.rint(np.abs(values) * 10**WEIGHT_DECIMALS).astype(np.int64)
+    whole, frac = np.divmod(scaled, 10**WEIGHT_DECIMALS)
+    sign = np.where(values < 0, ord("-"), _PAD).astype(np.uint8)[:, None]
+    negative_zero = (values < 0) & (scaled == 0)
+    sign[negative_zero] = _PAD
+    powers = 10 ** np.arange(WEIGHT_DECIMALS - 1, -1, -1, dtype=np.int64)
+    frac_digits = (frac[:, None] // powers % 10 + 48).astype(np.uint8)
+    rest = frac[:, None] % powers  # value of the digits right of each position
+    trailing = (frac_digits == ord("0")) & (rest == 0)
+    trailing[:, 0] = False  # keep one decimal: 1.0, 0.5
+    frac_digits[trailing] = _PAD
+    point = np.full((len(values), 1), ord("."), dtype=np.uint8)
+    return np.concatenate([sign, _ints(whole), point, frac_digits], axis=1)
+
+
+def _string_table(strings: Sequence[str]) -> np.ndarray:
+    """ASCII strings -> one padded byte row each."""
+    encoded = [s.encode("ascii") for s in strings]
+    width = max(len(e) for e in encoded)
+    table = np.zeros((len(encoded), width), dtype=np.uint8)
+    for i, e in enumerate(encoded):
+        table[i, : len(e)] = np.frombuffer(e, dtype=np.uint8)
+    return table

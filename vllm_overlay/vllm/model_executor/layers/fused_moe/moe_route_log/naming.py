@@ -1,0 +1,27 @@
+"""Which file each logging process writes: one per process, never shared.
+
+Only tensor-parallel rank 0 of each (data-parallel, pipeline) rank writes, so a
+run with one data-parallel and one pipeline rank writes exactly the path the
+user gave. Otherwise every writing process adds its host and ranks:
+``routes.jsonl`` -> ``routes.<host>.dp<d>-pp<p>.jsonl``. Data- and
+pipeline-parallel ranks are global across nodes, so names are unique in a
+multi-node run too, and the host tells where each file was written.
+
+Pure Python: no torch, no vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+
+def rank_log_path(
+    path: str, dp_rank: int, dp_size: int, pp_rank: int, pp_size: int, hostname: str
+) -> str:
+    """The log file of the process with these ranks, for ``VLLM_LOG_MOE=path``."""
+    if dp_size == 1 and pp_size == 1:
+        return path
+    stem, suffix = os.path.splitext(path)
+    host = re.sub(r"[^A-Za-z0-9-]+", "_", hostname) or "host"
+    return f"{stem}.{host}.dp{dp_rank}-pp{pp_rank}{suffix}"

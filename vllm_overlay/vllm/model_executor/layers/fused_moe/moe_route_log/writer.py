@@ -1,0 +1,216 @@
+"""The writer process (frames on stdin -> JSONL on disk) and the engine's handle to it.
+
+``WriterProcess`` starts ``python -c BOOTSTRAP <package parent> <log> <bytes>``:
+the child imports only this package's pure modules and numpy, never vLLM or
+torch. It runs in its own session, so a Ctrl-C aimed at the engine does not cut
+a line in half, and forks once more to leave the engine's process tree, which
+vLLM SIGKILLs when an engine is slow to shut down. It ends when the engine
+closes the pipe (cleanly, or by dying), after writing everything it received.
+
+In the child, a reader thread moves frames from the pipe into a queue bounded
+in bytes; when the queue is full it stops reading, the pipe fills and the
+engine waits: data is never dropped. The main thread encodes and writes. The
+log file is held under an exclusive ``flock`` until the last byte is written,
+so a reader can wait for a complete log by taking a shared lock.
+
+Status bytes on the child's stdout: READY and its pid once the log is open and
+locked; FAILED after an I/O error that it has reported once on stderr (the
+engine then stops logging without a second message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import select
+import subprocess
+import sys
+import threading
+
+from . import log_format, wire
+
+READY = b"R"
+FAILED = b"F"
+BOOTSTRAP = (
+    "import sys; sys.path.append(sys.argv[1]); "
+    "from moe_route_log.writer import main; sys.exit(main(sys.argv[2:]))"
+)
+_START_TIMEOUT_S = 60.0
+
+
+class WriterStartError(RuntimeError):
+    """The writer process could not open the log (it printed why)."""
+
+
+class WriterProcess:
+    """The engine's handle: start the writer, send it frames, close its pipe."""
+
+    def __init__(self, path: str, buffer_bytes: int) -> None:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.path = path
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BOOTSTRAP, package_parent, path, str(buffer_bytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        proc.wait()  # the first child exits at once; its own child does the work
+        self._stdin, self._stdout = proc.stdin, proc.stdout
+        status = self._read_status(_START_TIMEOUT_S)
+        if not status.startswith(READY):
+            raise WriterStartError(
+                f"VLLM_LOG_MOE: the route-log writer for {path} did not start "
+                "(see its message above)"
+            )
+        self.pid = int(status[len(READY) :])
+
+    def send(self, buffers: list) -> None:
+        """Write one frame; raises OSError (BrokenPipeError) once the writer is gone."""
+        wire.write_frame(self._stdin.fileno(), buffers)
+
+    def close(self) -> None:
+        """End of stream: the writer finishes on its own and exits."""
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+
+    def reported_failure(self, timeout: float = 5.0) -> bool:
+        """Did the writer stop on an I/O error that it has already reported?"""
+        return self._read_status(timeout) == FAILED
+
+    def _read_status(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self._stdout], [], [], timeout)
+        return os.read(self._stdout.fileno(), 64).strip() if ready else b""
+
+
+class _BoundedQueue:
+    """A FIFO of (kind, payload) frames holding at most ``capacity`` payload bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self._frames: queue.SimpleQueue = queue.SimpleQueue()
+        self._capacity = capacity
+        self._held = 0
+        self._cond = threading.Condition()
+        self.peak = 0
+        self.full_waits = 0
+
+    def put(self, frame: tuple[int, bytes] | None) -> None:
+        size = len(frame[1]) if frame else 0
+        with self._cond:
+            if self._held and self._held + size > self._capacity:
+                self.full_waits += 1
+            # A frame larger than the whole capacity still goes in, alone.
+            self._cond.wait_for(lambda: not self._held or self._held + size <= self._capacity)
+            self._held += size
+            self.peak = max(self.peak, self._held)
+        self._frames.put(frame)
+
+    def get(self) -> tuple[int, bytes] | None:
+        frame = self._frames.get()
+        with self._cond:
+            self._held -= len(frame[1]) if frame else 0
+            self._cond.notify_all()
+        return frame
+
+
+def _pump(stream, frames: _BoundedQueue, errors: list[str]) -> None:
+    try:
+        while True:
+            frame = wire.read_frame(stream)
+            frames.put(frame)
+            if frame is None or frame[0] == wire.CLOSE:
+                return
+    except (OSError, EOFError, ValueError) as e:  # the engine died inside a frame
+        errors.append(str(e))
+        frames.put(None)
+
+
+def _say(message: str) -> None:
+    print(f"VLLM_LOG_MOE: {message}", file=sys.stderr, flush=True)
+
+
+def run(stream, path: str, buffer_bytes: int, on_ready=lambda: None) -> bool:
+    """Copy frames from ``stream`` into the JSONL log at ``path``; False after an I/O error."""
+    try:
+        log = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        _say(f"cannot open {path}: {e.strerror or e}")
+        return False
+    frames = _BoundedQueue(buffer_bytes)
+    pump_errors: list[str] = []
+    lines = tokens = 0
+    layers: list[int] = []
+    closed = False
+    with log:
+        fcntl.flock(log, fcntl.LOCK_EX)
+        on_ready()
+        threading.Thread(target=_pump, args=(stream, frames, pump_errors), daemon=True).start()
+        try:
+            while (frame := frames.get()) is not None:
+                kind, payload = frame
+                if kind == wire.HEADER:
+                    meta = wire.decode_json(payload)
+                    layers = meta["layers"]
+                    _write_all(log, log_format.header_line(meta))
+                elif kind == wire.ROUTES:
+                    r = wire.decode_routes(payload)
+                    _write_all(
+                        log,
+                        log_format.encode_routes(
+                            r.step,
+                            layers,
+                            r.req_ids,
+                            r.tokens_per_req,
+                            r.positions,
+                            r.expert_ids,
+                            r.weights,
+                        ),
+                    )
+                    lines += r.expert_ids.shape[0] * r.expert_ids.shape[1]
+                    tokens += r.expert_ids.shape[0]
+                elif kind == wire.CLOSE:
+                    stats = wire.decode_json(payload)
+                    stats.update(
+                        lines=lines,
+                        tokens=tokens,
+                        writer_buffer_peak_mb=round(frames.peak / 2**20, 3),
+                        writer_buffer_full_waits=frames.full_waits,
+                    )
+                    _write_all(log, log_format.trailer_line(stats))
+                    closed = True
+                    break
+        except OSError as e:
+            _say(
+                f"writing {path} failed ({e.strerror or e}); route logging stopped after "
+                f"{lines} route lines; generation carries on."
+            )
+            return False
+    if not closed:
+        why = f"its pipe broke ({pump_errors[0]})" if pump_errors else "it exited"
+        _say(f"the engine went away ({why}); {path} has {lines} route lines and no trailer.")
+    return True
+
+
+def _write_all(log, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[log.write(view) :]
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of the writer process: ``<log path> <buffer bytes>``."""
+    path, buffer_bytes = argv[0], int(argv[1])
+    if os.fork():
+        os._exit(0)  # the engine reaps this parent at once; the child works on
+
+    def ready() -> None:
+        sys.stdout.buffer.write(READY + str(os.getpid()).encode() + b"\n")
+        sys.stdout.buffer.flush()
+
+    if run(sys.stdin.buffer, path, buffer_bytes, ready):
+        return 0
+    with contextlib.suppress(OSError):
+        sys.stdout.buffer.write(FAILED)
+        sys.stdout.buffer.flush()
+    return 1
