@@ -1,0 +1,115 @@
+"""VLLM_LOG_MOE* parsing and checking (moe_route_log/envs.py)."""
+
+import os
+
+import pytest
+from moe_route_log import envs
+from moe_route_log.envs import LogConfigError, parse_layers, read_config
+
+
+def config(tmp_path, **extra):
+    return read_config({"VLLM_LOG_MOE": str(tmp_path / "log.jsonl"), **extra})
+
+
+def test_unset_or_empty_means_off(tmp_path):
+    assert read_config({}) is None
+    assert read_config({"VLLM_LOG_MOE": "", "VLLM_LOG_MOE_LAYER": "junk"}) is None
+
+
+def test_defaults(tmp_path):
+    c = config(tmp_path)
+    assert c.path == str(tmp_path / "log.jsonl")
+    assert c.layers == (0,) and c.layer_spec == "0"
+    assert c.seed is None and c.model_id is None and c.run_label is None
+    assert c.buffer_bytes == 256 * 2**20
+
+
+def test_all_values(tmp_path):
+    c = config(
+        tmp_path,
+        VLLM_LOG_MOE_LAYER="23, 0,5,5",
+        VLLM_LOG_MOE_SEED="-7",
+        VLLM_LOG_MOE_MODEL_ID="org/model",
+        VLLM_LOG_MOE_REQ_ID="run 1",
+        VLLM_LOG_MOE_BUFFER_MB="3",
+    )
+    assert c.layers == (0, 5, 23)
+    assert (c.seed, c.model_id, c.run_label, c.buffer_bytes) == (-7, "org/model", "run 1", 3 << 20)
+
+
+@pytest.mark.parametrize("value", ["all", "ALL", " all "])
+def test_layers_all(value):
+    assert parse_layers(value) is None
+
+
+@pytest.mark.parametrize("value", ["", "a", "1,,2", "-1", "1.5", "0;1", "all,1"])
+def test_bad_layers_name_variable_value_and_forms(value):
+    with pytest.raises(LogConfigError) as e:
+        parse_layers(value)
+    assert f"VLLM_LOG_MOE_LAYER={value!r} is not valid" in str(e.value)
+    assert "0,5,23" in str(e.value) and "'all'" in str(e.value)
+
+
+def test_layer_out_of_range_names_layer_count(tmp_path):
+    c = config(tmp_path, VLLM_LOG_MOE_LAYER="3,24")
+    assert c.resolve_layers(25) == (3, 24)
+    with pytest.raises(
+        LogConfigError, match=r"'3,24': layer 24 is out of range: the model has 24 layers \(0..23\)"
+    ):
+        c.resolve_layers(24)
+    assert config(tmp_path, VLLM_LOG_MOE_LAYER="all").resolve_layers(4) == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("VLLM_LOG_MOE_SEED", "x", "an integer"),
+        ("VLLM_LOG_MOE_SEED", "1.0", "an integer"),
+        ("VLLM_LOG_MOE_BUFFER_MB", "0", "an integer >= 1"),
+        ("VLLM_LOG_MOE_BUFFER_MB", "lots", "an integer"),
+    ],
+)
+def test_bad_integers(tmp_path, name, value, accepted):
+    with pytest.raises(
+        LogConfigError, match=f"{name}={value!r} is not valid; accepted: {accepted}"
+    ):
+        config(tmp_path, **{name: value})
+
+
+def test_log_path_checks(tmp_path):
+    missing = tmp_path / "nope" / "log.jsonl"
+    with pytest.raises(LogConfigError, match=f"directory '{tmp_path / 'nope'}' does not exist"):
+        read_config({"VLLM_LOG_MOE": str(missing)})
+    with pytest.raises(LogConfigError, match="is a directory; give a file path"):
+        read_config({"VLLM_LOG_MOE": str(tmp_path)})
+    # /proc refuses new files even to root: a real "not writable" case
+    with pytest.raises(LogConfigError, match=r"VLLM_LOG_MOE='/proc/moe.jsonl' is not writable"):
+        read_config({"VLLM_LOG_MOE": "/proc/moe.jsonl"})
+    assert not list(tmp_path.glob(".vllm_log_moe_probe*")), "the write probe is cleaned up"
+
+
+def test_existing_file_and_fifo_are_accepted_untouched(tmp_path):
+    existing = tmp_path / "old.jsonl"
+    existing.write_text("keep me until the writer starts\n")
+    assert read_config({"VLLM_LOG_MOE": str(existing)}).path == str(existing)
+    assert existing.read_text() == "keep me until the writer starts\n"
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    assert read_config({"VLLM_LOG_MOE": str(fifo)}).path == str(fifo)  # must not block
+
+
+def test_relative_and_home_paths_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert read_config({"VLLM_LOG_MOE": "rel.jsonl"}).path == str(tmp_path / "rel.jsonl")
+
+
+def test_every_variable_is_documented():
+    assert set(envs.ENV_VARS) == {
+        "VLLM_LOG_MOE",
+        "VLLM_LOG_MOE_LAYER",
+        "VLLM_LOG_MOE_SEED",
+        "VLLM_LOG_MOE_MODEL_ID",
+        "VLLM_LOG_MOE_REQ_ID",
+        "VLLM_LOG_MOE_BUFFER_MB",
+    }
+    assert all(len(doc) > 30 for _, doc in envs.ENV_VARS.values())

@@ -1,0 +1,122 @@
+"""The JSONL writer side (log_format.py) read back by the reader side (routes.py)."""
+
+import json
+
+import numpy as np
+import pytest
+from moe_route_log import log_format
+
+from moe_profiler import routes
+
+
+def random_step(rng, tokens=37, layers=(0, 3, 7), top_k=4, experts=60):
+    ids = np.stack([rng.permutation(experts)[:top_k] for _ in range(tokens * len(layers))])
+    ids = ids.reshape(tokens, len(layers), top_k).astype(np.int32)
+    weights = rng.random((tokens, len(layers), top_k)).astype(np.float32)
+    counts = np.array([10, 1, 26])
+    positions = np.concatenate([np.arange(c) + 5 * i for i, c in enumerate(counts)])
+    return ids, weights, counts, positions
+
+
+def test_route_lines_are_exact_json(tmp_path):
+    rng = np.random.default_rng(1)
+    ids, weights, counts, positions = random_step(rng)
+    weights[0, 0] = [1.0, 0.25, 0.0, 2.5]  # exact values, and > 1 (scaled routing)
+    weights[0, 1] = [1e-7, 0.1234565, 12345.5, 0.5]
+    req_ids = ["0-abc", 'quote"and\\slash-1', "uni-é"]
+    text = log_format.encode_routes(9, [0, 3, 7], req_ids, counts, positions, ids, weights)
+    lines = text.decode().splitlines()
+    assert len(lines) == 37 * 3 and text.endswith(b"\n")
+    owner = np.repeat(np.arange(3), counts)
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        t, col = divmod(i, 3)
+        assert list(rec) == [
+            "type",
+            "step",
+            "token",
+            "layer",
+            "req_id",
+            "pos",
+            "experts",
+            "weights",
+        ]
+        assert rec["type"] == "route" and rec["step"] == 9 and rec["token"] == t
+        assert rec["layer"] == [0, 3, 7][col]
+        assert rec["req_id"] == req_ids[owner[t]] and rec["pos"] == positions[t]
+        assert rec["experts"] == ids[t, col].tolist()
+        expected = np.round(weights[t, col].astype(np.float64), log_format.WEIGHT_DECIMALS)
+        assert rec["weights"] == pytest.approx(expected.tolist(), abs=1e-12)
+    assert json.loads(lines[0])["weights"] == [1.0, 0.25, 0.0, 2.5]
+    assert json.loads(lines[1])["weights"] == [0.0, 0.123457, 12345.5, 0.5]
+    assert '"weights":[1.0,0.25,0.0,2.5]' in lines[0]  # shortest form, no trailing zeros
+
+
+def test_large_steps_are_encoded_in_blocks():
+    rng = np.random.default_rng(2)
+    n = log_format._LINES_PER_BLOCK // 2 + 5  # two blocks with 2 layers
+    ids = rng.integers(0, 8, (n, 2, 2)).astype(np.int32)
+    weights = rng.random((n, 2, 2)).astype(np.float32)
+    text = log_format.encode_routes(1, [4, 5], ["r-1"], np.array([n]), np.arange(n), ids, weights)
+    lines = text.splitlines()
+    assert len(lines) == 2 * n
+    assert json.loads(lines[-1])["token"] == n - 1 and json.loads(lines[-1])["pos"] == n - 1
+
+
+def test_negative_and_non_finite_weights():
+    ids = np.array([[[0, 1]]], dtype=np.int32)
+    neg = log_format.encode_routes(
+        1,
+        [0],
+        ["r"],
+        np.array([1]),
+        np.array([0]),
+        ids,
+        np.array([[[-0.5, -1e-9]]], dtype=np.float32),
+    )
+    assert json.loads(neg)["weights"] == [-0.5, 0.0]
+    with pytest.raises(ValueError, match="non-finite"):
+        log_format.encode_routes(
+            1,
+            [0],
+            ["r"],
+            np.array([1]),
+            np.array([0]),
+            ids,
+            np.array([[[np.nan, 1.0]]], dtype=np.float32),
+        )
+
+
+def test_shape_mismatches_are_refused():
+    ids = np.zeros((2, 1, 2), dtype=np.int32)
+    w = np.zeros((2, 1, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="does not add up"):
+        log_format.encode_routes(1, [0], ["r"], np.array([3]), np.arange(2), ids, w)
+    with pytest.raises(ValueError, match="do not match"):
+        log_format.encode_routes(1, [0, 1], ["r"], np.array([2]), np.arange(2), ids, w)
+    assert (
+        log_format.encode_routes(1, [0], [], np.array([], dtype=int), np.arange(0), ids[:0], w[:0])
+        == b""
+    )
+
+
+def test_header_and_trailer_round_trip_through_the_reader(tmp_path):
+    rng = np.random.default_rng(3)
+    ids, weights, counts, positions = random_step(rng, layers=(1, 2))
+    meta = {"layers": [1, 2], "num_experts": 60, "top_k": 4, "run_id": "x"}
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(
+        log_format.header_line(meta)
+        + log_format.encode_routes(
+            1, [1, 2], ["a-1", "b-2", "c-3"], counts, positions, ids, weights
+        )
+        + log_format.trailer_line({"steps": 1})
+    )
+    header = routes.read_header(path)
+    assert header == {"type": "meta", "schema": log_format.SCHEMA_VERSION, **meta}
+    log = routes.LogFile(path, header)
+    got = list(routes.iter_routes(log, strict=True))
+    assert len(got) == 37 * 2 and log.routes == 74
+    assert log.trailer == {"type": "end", "steps": 1}
+    assert got[0].request == "a" and got[-1].req_id == "c-3"
+    assert [r.experts for r in got] == ids.reshape(-1, 4).tolist()

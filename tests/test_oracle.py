@@ -1,0 +1,38 @@
+"""Comparing a log with a reference record of routes (moe_profiler/oracle.py)."""
+
+import numpy as np
+from helpers import distinct_ids, write_log
+
+from moe_profiler import oracle, routes
+
+
+def logs_of(path):
+    return [routes.LogFile(path, routes.read_header(path))]
+
+
+def test_identical_missing_duplicate_unknown_and_different(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = distinct_ids(rng, 5, 2, 2, 8), distinct_ids(rng, 3, 2, 2, 8)
+    steps = [a, b, a[1:2], distinct_ids(rng, 1, 2, 2, 8)]
+    requests = [("0-aaaa", 0), ("1-bbbb", 0), ("0-aaaa", 1), ("9-cccc", 0)]
+    path = write_log(tmp_path / "l.jsonl", steps, requests=requests)
+    ref_b = np.concatenate([b, distinct_ids(rng, 2, 2, 2, 8)])  # 2 tokens the log lacks
+    ref_b[0, 1] = [x for x in range(8) if x not in b[0, 1]][:2]  # one pair that differs
+    reference = {"0": a[:, :, ::-1].copy(), "1": ref_b}  # order inside a top-k does not matter
+    result = oracle.compare(logs_of(path), reference, [0, 1])
+    assert result.requests == 2 and result.reference_tokens == 10
+    assert result.logged_tokens == 8 and result.pairs == 20
+    assert result.missing == 4  # request 1, positions 3 and 4, both layers
+    assert result.duplicates == 2  # request 0 position 1 logged twice (recomputed), both layers
+    assert result.unknown == 2  # request 9 is not in the reference
+    assert result.identical == 20 - 4 - 1
+    assert result.as_dict()["agreement"] == 15 / 20
+
+
+def test_prefix_cached_positions_are_left_out(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = distinct_ids(rng, 6, 2, 2, 8)
+    path = write_log(tmp_path / "l.jsonl", [ids[4:]], requests=[("0-x", 4)])  # 0..3 came from cache
+    result = oracle.compare(logs_of(path), {"0": ids}, [0, 1], skip_positions={"0": 4})
+    assert (result.reference_tokens, result.logged_tokens, result.pairs) == (2, 2, 4)
+    assert result.identical == 4 and result.missing == 0

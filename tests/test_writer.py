@@ -1,0 +1,164 @@
+"""The writer process, driven through its real handle (writer.WriterProcess).
+
+Ordering, back-pressure, flush at end of stream, and I/O errors (disk full).
+"""
+
+import json
+import os
+import resource
+import threading
+import time
+
+import numpy as np
+import pytest
+from moe_route_log import wire
+from moe_route_log.writer import WriterProcess, WriterStartError
+
+from moe_profiler import routes
+
+META = {"layers": [0, 2], "num_experts": 16, "top_k": 2, "run_id": "t"}
+
+
+def frame(step, tokens, rng=None, layers=2, top_k=2):
+    rng = rng or np.random.default_rng(step)
+    ids = np.stack([rng.permutation(16)[:top_k] for _ in range(tokens * layers)]).astype(np.int32)
+    weights = rng.random((tokens, layers, top_k)).astype(np.float32)
+    counts = np.array([tokens])
+    return wire.routes_frame(step, [f"r{step}-x"], counts, np.arange(tokens), ids,
+                             weights, (tokens, layers, top_k))
+
+
+def read_lines(path):
+    with open(path, "rb") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_frames_become_lines_in_order_with_trailer(tmp_path):
+    path = tmp_path / "log.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    w.send(wire.json_frame(wire.HEADER, META))
+    sizes = [1, 7, 300, 2, 64] * 10
+    for step, n in enumerate(sizes, start=1):
+        w.send(frame(step, n))
+    w.send(wire.json_frame(wire.CLOSE, {"steps": len(sizes), "engine_wait_s": 0.5}))
+    w.close()
+    routes.wait_until_complete(path, timeout=60)
+    lines = read_lines(path)
+    assert lines[0] == {"type": "meta", "schema": 2, **META}
+    body, trailer = lines[1:-1], lines[-1]
+    assert len(body) == 2 * sum(sizes)
+    order = [(r["step"], r["token"], r["layer"]) for r in body]
+    assert order == sorted(order)
+    assert [r["step"] for r in body[::2]] == [s for s, n in enumerate(sizes, 1) for _ in range(n)]
+    assert trailer["type"] == "end" and trailer["lines"] == 2 * sum(sizes)
+    assert trailer["tokens"] == sum(sizes) and trailer["engine_wait_s"] == 0.5
+    assert not w.reported_failure(timeout=0.5)
+
+
+def test_back_pressure_blocks_the_sender_and_loses_nothing(tmp_path):
+    """A slow reader (a FIFO read 4 KiB at a time) and a 1-byte writer buffer."""
+    fifo = tmp_path / "slow.jsonl"
+    os.mkfifo(fifo)
+    received = bytearray()
+
+    def slow_reader():
+        with open(fifo, "rb") as f:
+            while chunk := f.read(4096):
+                received.extend(chunk)
+                time.sleep(0.002)
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    w = WriterProcess(str(fifo), buffer_bytes=1)
+    w.send(wire.json_frame(wire.HEADER, META))
+    blocked = 0.0
+    for step in range(1, 41):
+        t0 = time.perf_counter()
+        w.send(frame(step, 200))
+        blocked += time.perf_counter() - t0
+    w.send(wire.json_frame(wire.CLOSE, {"steps": 40}))
+    w.close()
+    reader.join(timeout=120)
+    lines = [json.loads(x) for x in received.splitlines()]
+    assert len(lines) == 1 + 40 * 200 * 2 + 1
+    assert lines[-1]["lines"] == 40 * 200 * 2
+    assert lines[-1]["writer_buffer_full_waits"] > 0  # the writer's queue was full ...
+    assert blocked > 0.2  # ... and the sender waited for it, instead of anything being dropped
+
+
+def test_end_of_stream_without_close_keeps_every_line(tmp_path, capfd):
+    path = tmp_path / "log.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    w.send(wire.json_frame(wire.HEADER, META))
+    for step in (1, 2, 3):
+        w.send(frame(step, 5))
+    w.close()  # what the kernel does when the engine process is killed
+    routes.wait_until_complete(path, timeout=60)
+    lines = read_lines(path)
+    assert len(lines) == 1 + 30 and lines[-1]["type"] == "route"
+    assert "the engine went away (it exited)" in capfd.readouterr().err
+
+
+def test_engine_killed_inside_a_frame(tmp_path, capfd):
+    path = tmp_path / "log.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    w.send(wire.json_frame(wire.HEADER, META))
+    w.send(frame(1, 4))
+    head, *rest = frame(2, 4)
+    w.send([head, rest[0]])  # half a frame, then the pipe closes
+    w.close()
+    routes.wait_until_complete(path, timeout=60)
+    assert len(read_lines(path)) == 1 + 8
+    assert "its pipe broke" in capfd.readouterr().err
+
+
+def test_disk_full_at_once_is_reported_once(capfd):
+    w = WriterProcess("/dev/full", buffer_bytes=1 << 20)  # every write: ENOSPC
+    w.send(wire.json_frame(wire.HEADER, META))
+    assert w.reported_failure()
+    with pytest.raises(BrokenPipeError):
+        for step in range(1, 200):
+            w.send(frame(step, 50))
+    err = capfd.readouterr().err
+    assert err.count("VLLM_LOG_MOE:") == 1
+    assert "writing /dev/full failed (No space left on device)" in err
+
+
+def test_file_size_limit_mid_run_stops_logging_once(tmp_path, capfd):
+    """A real write error after some lines: RLIMIT_FSIZE set on the running writer."""
+    path = tmp_path / "log.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    w.send(wire.json_frame(wire.HEADER, META))
+    w.send(frame(1, 10))
+    deadline = time.time() + 30
+    while path.stat().st_size < 500 and time.time() < deadline:
+        time.sleep(0.01)
+    limit = path.stat().st_size + 2000
+    resource.prlimit(w.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    with pytest.raises(BrokenPipeError):
+        for step in range(2, 2000):
+            w.send(frame(step, 50))
+    assert w.reported_failure()
+    routes.wait_until_complete(path, timeout=60)
+    err = capfd.readouterr().err
+    assert err.count("VLLM_LOG_MOE:") == 1 and "File too large" in err
+    with open(path, "rb") as f:  # every complete line still parses
+        complete = [line for line in f if line.endswith(b"\n")]
+    assert len(complete) > 10 and all(json.loads(line) for line in complete)
+
+
+def test_unopenable_log_fails_at_start(tmp_path, capfd):
+    with pytest.raises(WriterStartError, match="did not start"):
+        WriterProcess(str(tmp_path / "no-dir" / "log.jsonl"), buffer_bytes=1)
+    assert "cannot open" in capfd.readouterr().err
+
+
+def test_writer_leaves_the_engine_process_tree(tmp_path):
+    """vLLM SIGKILLs its engine's descendants on a slow shutdown: the writer must not be one."""
+    path = tmp_path / "log.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    with open(f"/proc/{w.pid}/stat") as f:
+        parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    assert parent != os.getpid()
+    w.close()
+    routes.wait_until_complete(path, timeout=60)
