@@ -137,6 +137,7 @@ def output_records(outputs, questions: list[str]) -> list[dict]:
             "request_id": o.request_id,
             "question": questions[i],
             "prompt_token_ids": list(o.prompt_token_ids),
+            "num_cached_tokens": o.num_cached_tokens or 0,  # prefix-cache hits: no route lines
             "token_ids": list(o.outputs[0].token_ids),
             "text": o.outputs[0].text,
         }

@@ -106,3 +106,46 @@ def build_dummy_model_dir(
     tokenizer.chat_template = None  # the real chat template needs the real vocabulary
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def main() -> None:
+    """``python -m moe_profiler.local_models OUT --texts prompts.txt``: write a tiny MoE."""
+    import argparse
+
+    from moe_profiler.prompts import read_prompts
+
+    parser = argparse.ArgumentParser(
+        description="Write a tiny random-weight Qwen2-MoE model folder (safetensors + tokenizer)."
+    )
+    parser.add_argument("out", type=Path, help="folder to write")
+    parser.add_argument(
+        "--texts",
+        type=Path,
+        required=True,
+        help="prompts file (one per line) the tokenizer is trained on",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=2, help="decoder layers (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--experts", type=int, default=8, help="routed experts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=4, help="experts per token (default: %(default)s)"
+    )
+    args = parser.parse_args()
+    build_tiny_moe(
+        args.out,
+        read_prompts(args.texts),
+        num_layers=args.layers,
+        num_experts=args.experts,
+        top_k=args.top_k,
+    )
+    print(
+        f"wrote a tiny MoE ({args.layers} layers, {args.experts} experts, top-{args.top_k}) "
+        f"to {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

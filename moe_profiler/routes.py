@@ -105,6 +105,7 @@ def iter_routes(
     log: LogFile, strict: bool = False, warn: Callable[[str], None] | None = None
 ) -> Iterator[Route]:
     """Every valid route line of ``log``, in file order. Fills ``log.trailer``/``problems``."""
+    log.trailer, log.problems, log.routes = None, [], 0
     header = log.header
     top_k, num_experts = header["top_k"], header["num_experts"]
     layers = set(header["layers"])

@@ -24,15 +24,30 @@ def write_log(
     ``("req<i>-abcd1234", 0)``; weights are 1/top_k.
     """
     requests = requests or [(f"req{i}-abcd1234", 0) for i in range(len(steps))]
-    header = {"layers": list(layers), "num_experts": num_experts, "top_k": top_k,
-              "run_id": "run-1", "model_id": "test/model", **meta}
+    header = {
+        "layers": list(layers),
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "run_id": "run-1",
+        "model_id": "test/model",
+        **meta,
+    }
     chunks = [log_format.header_line(header)]
     for i, ids in enumerate(steps):
         n = ids.shape[0]
         weights = np.full(ids.shape, 1.0 / top_k, dtype=np.float32)
         req_id, first = requests[i]
-        chunks.append(log_format.encode_routes(i + 1, list(layers), [req_id], np.array([n]),
-                                               np.arange(first, first + n), ids, weights))
+        chunks.append(
+            log_format.encode_routes(
+                i + 1,
+                list(layers),
+                [req_id],
+                np.array([n]),
+                np.arange(first, first + n),
+                ids,
+                weights,
+            )
+        )
     if trailer:
         chunks.append(log_format.trailer_line({"steps": len(steps)}))
     Path(path).write_bytes(b"".join(chunks))

@@ -72,7 +72,9 @@ def test_apply_check_revert_cycle(tmp_path, pristine):
     assert set(state.files.values()) == {patching.PATCHED, "identical to this checkout"}
     before = {p: ((tmp_path / p).read_bytes(), (tmp_path / p).stat().st_mtime_ns) for p in pristine}
     assert patching.apply(vllm) == "already applied: nothing changed"
-    assert before == {p: ((tmp_path / p).read_bytes(), (tmp_path / p).stat().st_mtime_ns) for p in pristine}
+    assert before == {
+        p: ((tmp_path / p).read_bytes(), (tmp_path / p).stat().st_mtime_ns) for p in pristine
+    }
     assert patching.revert(vllm) == "reverted"
     assert {p: (tmp_path / p).read_bytes() for p in pristine} == originals
     assert not (tmp_path / patching.PACKAGE_DIR).exists()
@@ -96,17 +98,23 @@ def test_files_edited_by_hand_are_refused(tmp_path, pristine):
     vllm = fake_vllm(tmp_path, pristine)
     patching.apply(vllm)
     layer = tmp_path / patching.LAYER
-    layer.write_text(layer.read_text().replace("moe_route_recorder = None", "moe_route_recorder = 1"))
+    layer.write_text(
+        layer.read_text().replace("moe_route_recorder = None", "moe_route_recorder = 1")
+    )
     assert patching.check(vllm).state == patching.MODIFIED
     for action in (patching.apply, patching.revert):
-        with pytest.raises(patching.PatchError, match=f"{patching.LAYER} in .* match neither vLLM 0.15.1 nor"):
+        with pytest.raises(
+            patching.PatchError, match=f"{patching.LAYER} in .* match neither vLLM 0.15.1 nor"
+        ):
             action(vllm)
 
 
 def test_other_versions_are_refused(tmp_path, pristine):
     vllm = fake_vllm(tmp_path, pristine, version="0.16.0")
     assert patching.check(vllm).state == patching.UNSUPPORTED
-    with pytest.raises(patching.PatchError, match="vLLM 0.16.0 is installed .* for vLLM 0.15.1 only"):
+    with pytest.raises(
+        patching.PatchError, match=r"vLLM 0\.16\.0 is installed .* for vLLM 0\.15\.1 only"
+    ):
         patching.apply(vllm)
 
 
@@ -115,8 +123,13 @@ def test_apply_hook_cli_on_a_fake_installation(tmp_path, pristine):
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, str(REPO / "apply_hook.py"), *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, str(REPO / "apply_hook.py"), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
     out = cli("--check")
     assert out.returncode == 1 and f"vLLM 0.15.1 at {tmp_path}: pristine" in out.stdout
@@ -129,13 +142,21 @@ def test_apply_hook_cli_on_a_fake_installation(tmp_path, pristine):
     assert refused.returncode == 2
     assert "apply_hook.py: vLLM 0.14.0 is installed" in refused.stderr
     shutil.rmtree(tmp_path / "vllm")
-    no_site = subprocess.run([sys.executable, "-S", str(REPO / "apply_hook.py"), "--check"],
-                             env=env, capture_output=True, text=True)  # -S: no site-packages vLLM
+    no_site = subprocess.run(
+        [sys.executable, "-S", str(REPO / "apply_hook.py"), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )  # -S: no site-packages vLLM
     assert no_site.returncode == 2
     assert "apply_hook.py: vLLM is not installed in this Python environment" in no_site.stderr
 
 
 def test_make_patch_tool_check_mode(wheel):
-    out = subprocess.run([sys.executable, "tools/make_patch.py", "--wheel", str(wheel), "--check"],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "tools/make_patch.py", "--wheel", str(wheel), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "is up to date" in out.stdout

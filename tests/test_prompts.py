@@ -18,8 +18,21 @@ def test_committed_prompts_are_the_first_25_test_questions(questions):
 
 
 def test_make_prompts_from_file(tmp_path, gsm8k_path, questions):
-    out = subprocess.run([sys.executable, "make_prompts.py", "--from-file", str(gsm8k_path), "--n", "40",
-                          "--out", str(tmp_path / "p.txt")], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "make_prompts.py",
+            "--from-file",
+            str(gsm8k_path),
+            "--n",
+            "40",
+            "--out",
+            str(tmp_path / "p.txt"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"wrote 40 prompts to {tmp_path / 'p.txt'}"
     assert prompts.read_prompts(tmp_path / "p.txt") == questions[:40]
@@ -42,20 +55,22 @@ def test_multiline_questions_survive_the_file(tmp_path):
 def test_bad_inputs_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "ok"}) + "\n" + '{"answer": 1}\n')
-    with pytest.raises(prompts.PromptsError, match=r'bad.jsonl:2: not a GSM8K line \(JSON with a "question"\)'):
+    with pytest.raises(
+        prompts.PromptsError, match=r'bad.jsonl:2: not a GSM8K line \(JSON with a "question"\)'
+    ):
         prompts.load_questions(5, bad)
     one = tmp_path / "one.jsonl"
     one.write_text('{"question": "q"}\n')
     with pytest.raises(prompts.PromptsError, match="has only 1 questions, 5 asked for"):
         prompts.load_questions(5, one)
-    with pytest.raises(prompts.PromptsError, match="cannot read .*missing.jsonl: No such file"):
+    with pytest.raises(prompts.PromptsError, match=r"cannot read .*missing\.jsonl: No such file"):
         prompts.load_questions(1, tmp_path / "missing.jsonl")
     with pytest.raises(prompts.PromptsError, match="--n must be at least 1"):
         prompts.load_questions(0, bad)
     (tmp_path / "p.txt").write_text("one\n\nthree\n")
-    with pytest.raises(prompts.PromptsError, match="p.txt:2: empty prompt line"):
+    with pytest.raises(prompts.PromptsError, match=r"p\.txt:2: empty prompt line"):
         prompts.read_prompts(tmp_path / "p.txt")
-    with pytest.raises(prompts.PromptsError, match="run make_prompts.py first"):
+    with pytest.raises(prompts.PromptsError, match=r"run make_prompts\.py first"):
         prompts.read_prompts(tmp_path / "none.txt")
 
 

@@ -14,8 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def plot(*args, cwd=REPO):
-    return subprocess.run([sys.executable, str(REPO / "plot_experts.py"), *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "plot_experts.py"), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_summary_and_pictures(tmp_path):
@@ -41,15 +45,18 @@ def test_summary_and_pictures(tmp_path):
 
 
 def test_single_layer_gets_a_histogram_only(tmp_path):
-    log = write_log(tmp_path / "one.jsonl", [distinct_ids(np.random.default_rng(1), 9, 1, 2, 8)], layers=(3,))
+    log = write_log(
+        tmp_path / "one.jsonl", [distinct_ids(np.random.default_rng(1), 9, 1, 2, 8)], layers=(3,)
+    )
     summary = report.analyze([str(log)], tmp_path / "h.png", None)
     assert list(summary["layers"]) == ["3"]
     assert (tmp_path / "h.png").stat().st_size > 5_000
 
 
 def test_bad_lines_warn_or_fail_with_strict(tmp_path):
-    log = write_log(tmp_path / "bad.jsonl", [distinct_ids(np.random.default_rng(2), 4, 2, 2, 8)],
-                    trailer=False)
+    log = write_log(
+        tmp_path / "bad.jsonl", [distinct_ids(np.random.default_rng(2), 4, 2, 2, 8)], trailer=False
+    )
     with open(log, "ab") as f:
         f.write(b'{"type":"route","step":9,"to')
     out = plot(log, "--out", tmp_path / "h.png", "--summary", tmp_path / "s.json")

@@ -29,15 +29,26 @@ def test_schema1_logs_are_still_read():
 
 
 def test_bad_lines_are_skipped_with_their_line_numbers(tmp_path):
-    path = write_log(tmp_path / "a.jsonl", [distinct_ids(np.random.default_rng(0), 3, 2, 2, 8)],
-                     trailer=False)
+    path = write_log(
+        tmp_path / "a.jsonl", [distinct_ids(np.random.default_rng(0), 3, 2, 2, 8)], trailer=False
+    )
     good = path.read_bytes()
     bad = good.splitlines(keepends=True)
-    bad[2] = b'{"type":"route","step":1,"token":0,"layer":1,"req_id":"x","pos":0,"experts":[9,1],"weights":[0.5,0.5]}\n'
+    bad[2] = (
+        b'{"type":"route","step":1,"token":0,"layer":1,"req_id":"x","pos":0,"experts":[9,1],"weights":[0.5,0.5]}\n'
+    )
     bad[3] = b"this is not json\n"
-    bad[4] = b'{"type":"route","step":1,"layer":0,"req_id":"x","pos":0,"experts":[1,2],"weights":[1,1]}\n'
-    bad.insert(5, b'{"type":"route","step":1,"token":0,"layer":5,"req_id":"x","pos":0,"experts":[1,2],"weights":[1,1]}\n')
-    bad.insert(6, b'{"type":"route","step":1,"token":0,"layer":0,"req_id":"x","pos":0,"experts":[1,1],"weights":[1,1]}\n')
+    bad[4] = (
+        b'{"type":"route","step":1,"layer":0,"req_id":"x","pos":0,"experts":[1,2],"weights":[1,1]}\n'
+    )
+    bad.insert(
+        5,
+        b'{"type":"route","step":1,"token":0,"layer":5,"req_id":"x","pos":0,"experts":[1,2],"weights":[1,1]}\n',
+    )
+    bad.insert(
+        6,
+        b'{"type":"route","step":1,"token":0,"layer":0,"req_id":"x","pos":0,"experts":[1,1],"weights":[1,1]}\n',
+    )
     bad.append(b'{"type":"route","step":2,"tok')  # killed mid-line
     path.write_bytes(b"".join(bad))
     warnings = []
@@ -63,7 +74,10 @@ def test_bad_lines_are_skipped_with_their_line_numbers(tmp_path):
         (b"", "empty file, no header line"),
         (b"nope\n", ":1: the header line is not JSON"),
         (b'{"type":"route"}\n', ":1: the first line is not a header"),
-        (b'{"type":"meta","schema":3,"layers":[0],"num_experts":2,"top_k":1}\n', "schema 3 is not one"),
+        (
+            b'{"type":"meta","schema":3,"layers":[0],"num_experts":2,"top_k":1}\n',
+            "schema 3 is not one",
+        ),
         (b'{"type":"meta","schema":2,"layers":[0],"top_k":1}\n', "the header has no 'num_experts'"),
     ],
 )
@@ -76,10 +90,17 @@ def test_unreadable_headers(tmp_path, content, message):
 
 def two_rank_files(tmp_path, **second):
     rng = np.random.default_rng(1)
-    a = write_log(tmp_path / "r.hostA.dp0-pp0.jsonl", [distinct_ids(rng, 4, 2, 2, 8)],
-                  ranks={"dp": 0, "pp": 0, "tp": 0}, hostname="hostA")
-    b = write_log(tmp_path / "r.hostB.dp1-pp0.jsonl", [distinct_ids(rng, 5, 2, 2, 8)],
-                  **{"ranks": {"dp": 1, "pp": 0, "tp": 0}, "hostname": "hostB", **second})
+    a = write_log(
+        tmp_path / "r.hostA.dp0-pp0.jsonl",
+        [distinct_ids(rng, 4, 2, 2, 8)],
+        ranks={"dp": 0, "pp": 0, "tp": 0},
+        hostname="hostA",
+    )
+    b = write_log(
+        tmp_path / "r.hostB.dp1-pp0.jsonl",
+        [distinct_ids(rng, 5, 2, 2, 8)],
+        **{"ranks": {"dp": 1, "pp": 0, "tp": 0}, "hostname": "hostB", **second},
+    )
     return a, b
 
 

@@ -35,7 +35,9 @@ def test_metrics_by_hand():
 def test_counter_counts_and_mean_weights():
     counter = stats.UsageCounter([5, 2], num_experts=4)
     rows = [(2, [0, 1], [0.5, 0.25]), (5, [3, 1], [1.0, 0.5]), (2, [1, 3], [0.75, 0.25])]
-    counter.add_all(routes.Route(1, i, layer, e, w, None, None) for i, (layer, e, w) in enumerate(rows))
+    counter.add_all(
+        routes.Route(1, i, layer, e, w, None, None) for i, (layer, e, w) in enumerate(rows)
+    )
     assert counter.layers == [2, 5]
     assert counter.counts.tolist() == [[1, 2, 0, 1], [0, 1, 0, 1]]
     summary = counter.summary(top_k=2)

@@ -24,8 +24,9 @@ def frame(step, tokens, rng=None, layers=2, top_k=2):
     ids = np.stack([rng.permutation(16)[:top_k] for _ in range(tokens * layers)]).astype(np.int32)
     weights = rng.random((tokens, layers, top_k)).astype(np.float32)
     counts = np.array([tokens])
-    return wire.routes_frame(step, [f"r{step}-x"], counts, np.arange(tokens), ids,
-                             weights, (tokens, layers, top_k))
+    return wire.routes_frame(
+        step, [f"r{step}-x"], counts, np.arange(tokens), ids, weights, (tokens, layers, top_k)
+    )
 
 
 def read_lines(path):

@@ -40,7 +40,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     ),
     "VLLM_LOG_MOE_REQ_ID": (
         None,
-        "Free-form run label recorded in the header (`req_id`).",
+        "Free-form run label recorded in the header (`req_id`). When set it is also "
+        "the header's `run_id`, which must match when files are merged: give every "
+        "node of a multi-node run the same value.",
     ),
     "VLLM_LOG_MOE_BUFFER_MB": (
         "256",

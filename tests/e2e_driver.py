@@ -1,0 +1,47 @@
+"""Runs one real vLLM engine for the end-to-end tests and saves what it generated.
+
+  python tests/e2e_driver.py SPEC.json OUT.json
+
+SPEC: {"model": dir, "prompts": [...], "max_tokens": n, "eager": bool,
+       "prefix_caching": bool, "rounds": k (generate the prompts k times),
+       "max_model_len": n (default 512), "llm": {extra LLM(...) arguments}}
+The VLLM_LOG_MOE* variables come from the environment, as users set them.
+"""
+
+import json
+import sys
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=spec["model"],
+        dtype="float32",
+        seed=0,
+        max_model_len=spec.get("max_model_len", 512),
+        enforce_eager=spec.get("eager", False),
+        enable_prefix_caching=spec.get("prefix_caching", False),
+        **spec.get("llm", {}),
+    )
+    params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0, ignore_eos=True)
+    records = []
+    for _ in range(spec.get("rounds", 1)):
+        for out in llm.generate(spec["prompts"], params, use_tqdm=False):
+            records.append(
+                {
+                    "request_id": out.request_id,
+                    "prompt_token_ids": list(out.prompt_token_ids),
+                    "token_ids": list(out.outputs[0].token_ids),
+                    "num_cached_tokens": out.num_cached_tokens or 0,
+                }
+            )
+    llm.llm_engine.engine_core.shutdown()
+    with open(sys.argv[2], "w") as f:
+        json.dump(records, f)
+
+
+if __name__ == "__main__":
+    main()

