@@ -66,6 +66,33 @@ def prepare(args) -> None:
     print(f"model folder: {args.model_dir}")
 
 
+def bind_vllm_capture_late() -> None:
+    """Work around vLLM 0.15.1's routed-experts capture returning only zeros.
+
+    FusedMoE binds ``self.capture`` in ``__init__`` only if the capturer exists,
+    but GPUModelRunner creates it later, in ``initialize_kv_cache``: no layer ever
+    captures. Bind every FusedMoE layer right after the capturer is created, which
+    is before CUDA graphs are captured. Needs the engine in this process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0); the product patch does not touch this.
+    """
+    from vllm.model_executor.layers.fused_moe.layer import FusedMoE
+    from vllm.model_executor.layers.fused_moe.routed_experts_capturer import (
+        RoutedExpertsCapturer,
+    )
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    create = GPUModelRunner.init_routed_experts_capturer
+
+    def create_and_bind(runner) -> None:
+        create(runner)
+        capturer = RoutedExpertsCapturer.get_instance()
+        for layer in runner.get_model().modules():
+            if isinstance(layer, FusedMoE):
+                layer.capture = lambda ids, layer_id=layer.layer_id: capturer.capture(layer_id, ids)
+
+    GPUModelRunner.init_routed_experts_capturer = create_and_bind
+
+
 def run_config(args) -> dict:
     """One configuration, one engine: the timed workloads or the oracle comparison."""
     config = CONFIGS[args.config]
@@ -82,6 +109,9 @@ def run_config(args) -> dict:
             VLLM_LOG_MOE_REQ_ID=f"gpu_bench-{args.config}",
         )
     is_oracle = config.get("oracle", False)
+    if is_oracle:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        bind_vllm_capture_late()
     from vllm import LLM, SamplingParams
 
     started = time.perf_counter()
@@ -131,7 +161,7 @@ def run_config(args) -> dict:
         )
 
     if is_oracle:
-        n, max_tokens = (args.oracle_n_eager, 32) if config.get("eager") else (args.oracle_n, 64)
+        n, max_tokens = (args.oracle_n_eager, 32) if config.get("eager") else (args.oracle_n, 128)
         timed(f"oracle {n}x{max_tokens}", questions[:n], max_tokens)
     else:
         timed("warmup", questions[:64], 16)
@@ -249,10 +279,10 @@ def main() -> None:
     common.add_argument("--n-gsm8k", type=int, default=1319, help="GSM8K questions per timed run")
     common.add_argument("--reps", type=int, default=2, help="timed runs per workload per engine")
     common.add_argument(
-        "--oracle-n", type=int, default=256, help="prompts of the CUDA-graph oracle run"
+        "--oracle-n", type=int, default=1319, help="prompts of the CUDA-graph oracle run"
     )
     common.add_argument(
-        "--oracle-n-eager", type=int, default=64, help="prompts of the eager oracle run"
+        "--oracle-n-eager", type=int, default=128, help="prompts of the eager oracle run"
     )
     common.add_argument("--keep-logs", action="store_true")
     sub.add_parser("prepare", parents=[common])
