@@ -1,7 +1,7 @@
 """Make, apply, check and revert the route-logger change to vLLM 0.15.1.
 
 The change is (1) the new package under ``vllm_overlay/`` copied into vLLM and
-(2) a few named insertions into three vLLM files, each placed next to an anchor
+(2) a few named insertions into four vLLM files, each placed next to an anchor
 text that occurs exactly once in the pristine file. From those two sources this
 module derives everything else: the ``.patch`` for ``git apply`` on a source
 tree, and the patched files ``apply_hook.py`` writes into an installed vLLM.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,3 +30,30 @@ def gsm8k_path() -> Path:
 def questions(gsm8k_path) -> list[str]:
     with open(gsm8k_path, encoding="utf-8") as f:
         return [json.loads(line)["question"] for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, questions) -> Path:
+    """A random-weight Qwen2MoeForCausalLM (safetensors) with a tokenizer made locally."""
+    import e2e_helpers
+
+    from moe_profiler.local_models import build_tiny_moe
+
+    return build_tiny_moe(
+        tmp_path_factory.mktemp("tiny-moe"),
+        questions[:400],
+        num_layers=e2e_helpers.NUM_LAYERS,
+        num_experts=e2e_helpers.NUM_EXPERTS,
+        top_k=e2e_helpers.TOP_K,
+    )
+
+
+@pytest.fixture(scope="session")
+def patched():
+    """The test environment's vLLM patched by apply_hook.py (re-applied afterwards)."""
+    out = subprocess.run(
+        [sys.executable, "apply_hook.py"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    yield
+    subprocess.run([sys.executable, "apply_hook.py"], cwd=REPO, check=True, capture_output=True)
