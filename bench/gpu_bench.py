@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import capture_fix  # noqa: E402
+
 from moe_profiler import oracle, prompts, routes  # noqa: E402
 
 CONFIGS = {
@@ -66,33 +68,6 @@ def prepare(args) -> None:
     print(f"model folder: {args.model_dir}")
 
 
-def bind_vllm_capture_late() -> None:
-    """Work around vLLM 0.15.1's routed-experts capture returning only zeros.
-
-    FusedMoE binds ``self.capture`` in ``__init__`` only if the capturer exists,
-    but GPUModelRunner creates it later, in ``initialize_kv_cache``: no layer ever
-    captures. Bind every FusedMoE layer right after the capturer is created, which
-    is before CUDA graphs are captured. Needs the engine in this process
-    (VLLM_ENABLE_V1_MULTIPROCESSING=0); the product patch does not touch this.
-    """
-    from vllm.model_executor.layers.fused_moe.layer import FusedMoE
-    from vllm.model_executor.layers.fused_moe.routed_experts_capturer import (
-        RoutedExpertsCapturer,
-    )
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    create = GPUModelRunner.init_routed_experts_capturer
-
-    def create_and_bind(runner) -> None:
-        create(runner)
-        capturer = RoutedExpertsCapturer.get_instance()
-        for layer in runner.get_model().modules():
-            if isinstance(layer, FusedMoE):
-                layer.capture = lambda ids, layer_id=layer.layer_id: capturer.capture(layer_id, ids)
-
-    GPUModelRunner.init_routed_experts_capturer = create_and_bind
-
-
 def run_config(args) -> dict:
     """One configuration, one engine: the timed workloads or the oracle comparison."""
     config = CONFIGS[args.config]
@@ -110,8 +85,7 @@ def run_config(args) -> dict:
         )
     is_oracle = config.get("oracle", False)
     if is_oracle:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        bind_vllm_capture_late()
+        capture_fix.enable()  # vLLM 0.15.1's own capture returns zeros without it
     from vllm import LLM, SamplingParams
 
     started = time.perf_counter()

@@ -6,13 +6,16 @@ SPEC: {"model": dir, "prompts": [...], "max_tokens": n, "eager": bool,
        "prefix_caching": bool, "rounds": k (generate the prompts k times),
        "max_model_len": n (default 512), "llm": {extra LLM(...) arguments},
        "check_log_after_shutdown": bool (wait for the log to be complete right
-       after the engine shut down, before this process exits)}
+       after the engine shut down, before this process exits),
+       "settle_s": seconds to wait before shutting down (data parallel: let every
+       rank's engine leave its step loop first, as vLLM's DP example does)}
 The VLLM_LOG_MOE* variables come from the environment, as users set them.
 """
 
 import json
 import os
 import sys
+import time
 
 
 def main() -> None:
@@ -41,6 +44,7 @@ def main() -> None:
                     "num_cached_tokens": out.num_cached_tokens or 0,
                 }
             )
+    time.sleep(spec.get("settle_s", 0))
     llm.llm_engine.engine_core.shutdown()
     if spec.get("check_log_after_shutdown"):
         from moe_profiler import routes

@@ -106,6 +106,7 @@ def test_data_parallel_2_every_rank_logs_its_own_requests(tiny_model, questions,
             "prompts": questions[12 + rank : 20 : 2],  # each rank its own requests
             "max_tokens": 8,
             "eager": True,
+            "settle_s": 2,  # else vLLM may kill a rank still in a DP collective: no trailer
         }
         env = {
             "VLLM_LOG_MOE": str(log),
