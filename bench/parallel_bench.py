@@ -83,7 +83,7 @@ def _engine_process(task: dict, barrier) -> dict:
     if group == "all":
         os.environ.update(
             VLLM_LOG_MOE=task["log"],
-            VLLM_LOG_MOE_LAYER="all",
+            VLLM_LOG_MOE_LAYER=task["layers"],
             VLLM_LOG_MOE_REQ_ID=f"parallel_bench-{task['layout']}",
         )
     if dp > 1:
@@ -222,6 +222,7 @@ def run_layout(args) -> dict:
                 "gsm8k": str(args.gsm8k),
                 "keep_logs": args.keep_logs,
                 "dtype": args.dtype,
+                "layers": args.layers,
                 "eager": args.eager,
             }
             procs.append(ctx.Process(target=engine_process, args=(task, barrier, results)))
@@ -250,6 +251,7 @@ def run_layout(args) -> dict:
         "reps": args.reps,
         "mem_per_engine": args.mem,
         "oracle": args.oracle,
+        "logged_layers": args.layers,
         "wall_s": round(time.time() - began, 1),
         "parts": parts,
         "throughput": throughput(parts),
@@ -318,7 +320,7 @@ def summary_line(result: dict) -> str:
 def table(args) -> str:
     """Markdown: per layout, median tok/s off and all, ratio, token counts and agreement."""
     lines = [
-        "| layout | runs | off tok/s (median, min-max) | all layers tok/s | all / off "
+        "| layout | runs | off tok/s (median, min-max) | logging tok/s | logging / off "
         "| route lines / expected | missing, duplicates | ids equal to vLLM's |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -336,8 +338,11 @@ def table(args) -> str:
         pairs = sum(c["agreement"]["pairs"] for c in checks)
         same = sum(c["agreement"]["identical"] for c in checks)
         ids = f"{same / pairs:.4%} of {pairs:,}" if r["oracle"] and pairs else "not compared"
+        name = r["layout"] + (
+            f" (layers {r['logged_layers']})" if r.get("logged_layers", "all") != "all" else ""
+        )
         lines.append(
-            f"| {r['layout']} | {len(off)}+{len(on)} | {statistics.median(off):.0f} "
+            f"| {name} | {len(off)}+{len(on)} | {statistics.median(off):.0f} "
             f"({min(off):.0f}-{max(off):.0f}) | {statistics.median(on):.0f} "
             f"({min(on):.0f}-{max(on):.0f}) | {statistics.median(on) / statistics.median(off):.3f}"
             f" | {got:,} / {want:,} | {miss}, {dups} | {ids} |"
@@ -359,18 +364,23 @@ def main() -> None:
     run.add_argument("--reps", type=int, default=4, help="timed runs per engine")
     run.add_argument("--mem", type=float, default=0.42, help="gpu_memory_utilization per engine")
     run.add_argument(
+        "--layers", default="all", help="VLLM_LOG_MOE_LAYER of the logging engine (group 'all')"
+    )
+    run.add_argument(
         "--no-oracle",
         dest="oracle",
         action="store_false",
         help="without enable_return_routed_experts (token counts only)",
     )
-    run.add_argument("--dtype", default="bfloat16")
+    run.add_argument("--dtype", default="bfloat16", help="model dtype (float32 for CPU trials)")
     run.add_argument("--eager", action="store_true", help="enforce_eager (default: CUDA graphs)")
     run.add_argument("--model-dir", type=Path, default=Path("/tmp/qwen15-moe-dummy"))
     run.add_argument("--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl")
     run.add_argument("--log-dir", type=Path, default=Path("/tmp/parallel-bench-logs"))
     run.add_argument("--out", type=Path, default=Path("bench-results"))
-    run.add_argument("--keep-logs", action="store_true")
+    run.add_argument(
+        "--keep-logs", action="store_true", help="keep the route logs after the checks"
+    )
     tab = sub.add_parser("table", help="markdown table of a results folder")
     tab.add_argument("dir", type=Path)
     args = p.parse_args()
