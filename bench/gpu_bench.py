@@ -150,10 +150,7 @@ def run_config(args) -> dict:
             routes.wait_until_complete(file, timeout=900)
         result["log_complete_after_shutdown_s"] = round(time.perf_counter() - t0, 2)
         logs = routes.open_logs(files)
-        expected_tokens = sum(
-            len(o.prompt_token_ids) - (o.num_cached_tokens or 0) + len(o.outputs[0].token_ids) - 1
-            for o in outputs_all
-        )
+        expected_tokens = sum(map(oracle.logged_tokens, outputs_all))
         layers = logs[0].header["layers"]
         if is_oracle:
             reference = {o.request_id: o.outputs[0].routed_experts[:, layers] for o in outputs_all}

@@ -97,7 +97,8 @@ def _engine_process(task: dict, barrier) -> dict:
     from moe_profiler import prompts
 
     questions = prompts.load_questions(task["n"], task["gsm8k"])[rank::dp]
-    barrier.wait(timeout=900) if group == "all" else None  # "off" starts first
+    if group == "all":
+        barrier.wait(timeout=900)  # the "off" engines start first
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
@@ -145,21 +146,22 @@ def _engine_process(task: dict, barrier) -> dict:
     barrier.wait(timeout=900)
     result = {"group": group, "dp": rank, "engine_start_s": round(start_s, 1), "runs": runs}
     if group == "all":
-        result["check"] = check_log(task, rank, dp, outputs)
+        result["check"] = check_log(task, rank, outputs)
     return result
 
 
-def check_log(task: dict, rank: int, dp: int, outputs) -> dict:
+def check_log(task: dict, rank: int, outputs) -> dict:
     """This rank's files against its outputs: one line per (request, pos, layer), same ids."""
     import numpy as np
 
     from moe_profiler import oracle, routes
 
-    files = [f for f in routes.rank_files(Path(task["log"])) if dp == 1 or f".dp{rank}-" in f.name]
     t0 = time.perf_counter()
+    files = routes.rank_files(Path(task["log"]))
     for f in files:
         routes.wait_until_complete(f, timeout=900)
-    logs = routes.open_logs(files)
+    logs = [log for log in routes.open_logs(files) if log.ranks.get("dp", 0) == rank]
+    files = [log.path for log in logs]
     layers = sorted({layer for log in logs for layer in log.header["layers"]})
     top_k = logs[0].header["top_k"]
     if task["oracle"]:
@@ -173,9 +175,7 @@ def check_log(task: dict, rank: int, dp: int, outputs) -> dict:
             for o in outputs
         }
     agreement = oracle.compare(logs, reference, layers)
-    expected_tokens = sum(
-        len(o.prompt_token_ids) + len(o.outputs[0].token_ids) - 1 for o in outputs
-    )
+    expected_tokens = sum(map(oracle.logged_tokens, outputs))
     lines = sum(log.routes for log in logs)
     check = {
         "files": [f.name for f in files],

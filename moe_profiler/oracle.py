@@ -37,6 +37,13 @@ class Agreement:
         return {**asdict(self), "agreement": self.agreement}
 
 
+def logged_tokens(output) -> int:
+    """Tokens of a vLLM ``RequestOutput`` that get route lines (each once per logged layer):
+    the prompt minus its prefix-cache hits, and every generated token but the last."""
+    cached = output.num_cached_tokens or 0
+    return len(output.prompt_token_ids) - cached + len(output.outputs[0].token_ids) - 1
+
+
 def compare(
     logs: list[routes.LogFile],
     reference: dict[str, np.ndarray],

@@ -36,3 +36,19 @@ def test_prefix_cached_positions_are_left_out(tmp_path):
     result = oracle.compare(logs_of(path), {"0": ids}, [0, 1], skip_positions={"0": 4})
     assert (result.reference_tokens, result.logged_tokens, result.pairs) == (2, 2, 4)
     assert result.identical == 4 and result.missing == 0
+
+
+def test_logged_tokens_of_a_request_output():
+    """Prompt minus prefix-cache hits, plus every generated token but the last."""
+    from types import SimpleNamespace
+
+    def output(prompt: int, generated: int, cached):
+        return SimpleNamespace(
+            prompt_token_ids=list(range(prompt)),
+            num_cached_tokens=cached,
+            outputs=[SimpleNamespace(token_ids=list(range(generated)))],
+        )
+
+    assert oracle.logged_tokens(output(10, 4, None)) == 13
+    assert oracle.logged_tokens(output(10, 4, 0)) == 13
+    assert oracle.logged_tokens(output(300, 1, 256)) == 44
