@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# What one GPU session runs, in the order it runs it (device tool, 2 x H100).
+# What a GPU session runs, in the order it runs it (device tool).
 # The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash).
 #
 #   bash bench/gpu_session.sh setup             finish the bundle, patch vLLM, model folder
-#   bash bench/gpu_session.sh single OUT        GPU0: oracle graphs + eager; GPU1: overhead series
+#   bash bench/gpu_session.sh oracle OUT        GPU0: oracle with CUDA graphs, then enforce_eager
+#   bash bench/gpu_session.sh overhead OUT L... GPU0: paired off / logging engines, 1319 GSM8K
+#                                               x 128 and the 25 seed prompts, VLLM_LOG_MOE_LAYER=L
+#   bash bench/gpu_session.sh seed OUT L...     GPU0: the same pairing on the 25 seed prompts alone,
+#                                               10 reps (a run lasts ~1.5 s, so more of them)
+#   bash bench/gpu_session.sh single OUT        (2 GPUs) GPU0: oracle; GPU1: overhead series
 #   bash bench/gpu_session.sh layouts OUT L...  parallel_bench.py run L for each layout, both GPUs
 #
 # Every step writes its JSON results under OUT; logs of each step go to OUT/*.log.
@@ -31,6 +36,48 @@ case "${1:-}" in
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/orjson*.whl
     python3 apply_hook.py && python3 bench/gpu_bench.py prepare
     nvidia-smi --query-gpu=name,memory.total --format=csv
+    ;;
+  oracle)
+    activate
+    out=$2
+    mkdir -p "$out"
+    CUDA_VISIBLE_DEVICES=0 python3 bench/gpu_bench.py series oracle_graphs,oracle_eager \
+      --oracle-n 512 --oracle-n-eager 128 --out "$out/single" --log-dir /tmp/logs0 \
+      >"$out/oracle.log" 2>&1
+    grep -h -E "oracle.*(tok/s|oracle \{)|^== " "$out/oracle.log"
+    ;;
+  overhead)
+    # Two engines share the card (0.46 of its memory each); max_num_seqs 128 keeps
+    # their smaller KV caches from preempting, which would make run times race-dependent.
+    activate
+    out=$2
+    shift 2
+    for layers in "$@"; do
+      CUDA_VISIBLE_DEVICES=0 python3 bench/parallel_bench.py run single --n 1319 --reps 4 \
+        --mem 0.46 --max-num-seqs 128 --no-oracle --seed-prompts --layers "$layers" \
+        --out "$out/overhead-layers-$layers" >"$out/overhead-$layers.log" 2>&1
+      echo "== layers $layers: exit status $?"
+      grep -A5 "^single" "$out/overhead-$layers.log"
+      free_gpus
+    done
+    ;;
+  seed)
+    # parallel_bench times GSM8K-format JSONL: hand it prompts.txt as one
+    # (its result files name this workload "gsm8k", with 25 prompts).
+    activate
+    out=$2
+    shift 2
+    python3 -c "import json, sys; sys.stdout.writelines(
+      json.dumps({'question': line}) + '\n' for line in open('prompts.txt').read().splitlines())" \
+      >/tmp/seed25.jsonl
+    for layers in "$@"; do
+      CUDA_VISIBLE_DEVICES=0 python3 bench/parallel_bench.py run single --n 25 \
+        --gsm8k /tmp/seed25.jsonl --reps 10 --mem 0.46 --max-num-seqs 128 --no-oracle \
+        --layers "$layers" --out "$out/seed-layers-$layers" >"$out/seed-$layers.log" 2>&1
+      echo "== layers $layers: exit status $?"
+      grep -A3 "^single" "$out/seed-$layers.log"
+      free_gpus
+    done
     ;;
   single)
     activate

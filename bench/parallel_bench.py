@@ -11,7 +11,8 @@ expert ids as vLLM's own enable_return_routed_experts capture (both engines get
 the capture, so that they differ only in logging). Data parallel layouts run one
 process per DP rank (VLLM_DP_* variables, as vLLM's offline DP example), each
 with its own share of the prompts; each rank's outputs are checked against its
-own log file.
+own log file. With --seed-prompts every turn also times the 25 prompts of
+prompts.txt (the seed workload) after the GSM8K batch, again in turn.
 
   parallel_bench.py run LAYOUT [--n 256] [--reps 4] --out DIR    DIR/LAYOUT.json
   parallel_bench.py table DIR                                      markdown table
@@ -97,6 +98,9 @@ def _engine_process(task: dict, barrier) -> dict:
     from moe_profiler import prompts
 
     questions = prompts.load_questions(task["n"], task["gsm8k"])[rank::dp]
+    workloads = [("gsm8k", questions)]
+    if task["seed_prompts"]:
+        workloads.append(("seed", prompts.read_prompts(REPO / "prompts.txt")[rank::dp]))
     if group == "all":
         barrier.wait(timeout=900)  # the "off" engines start first
     from vllm import LLM, SamplingParams
@@ -113,6 +117,7 @@ def _engine_process(task: dict, barrier) -> dict:
         enforce_eager=task["eager"],
         gpu_memory_utilization=task["mem"],
         max_model_len=1024,
+        max_num_seqs=task["max_num_seqs"],
         enable_return_routed_experts=task["oracle"],
         enable_prefix_caching=False,  # every token recomputed: exact counts
     )
@@ -123,24 +128,27 @@ def _engine_process(task: dict, barrier) -> dict:
     params = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
     runs, outputs = [], []
     order = [GROUPS if i % 2 == 0 else GROUPS[::-1] for i in range(task["reps"])]
-    for i, turn in enumerate([("warmup",), *order]):
-        for g in GROUPS if turn == ("warmup",) else turn:
-            if g == group:
-                batch = questions[:16] if i == 0 else questions
-                began = time.time()
-                outs = llm.generate(batch, params, use_tqdm=False)
-                ended = time.time()
-                outputs.extend(outs)  # the warm-up's tokens are in the log too
-                if i > 0:
-                    runs.append(
-                        {
-                            "rep": i,
-                            "began": began,
-                            "ended": ended,
-                            "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-                        }
-                    )
-            barrier.wait(timeout=900)
+    turns = [(0, GROUPS, [("warmup", questions[:16])])]
+    turns += [(i + 1, turn, workloads) for i, turn in enumerate(order)]
+    for i, turn, batches in turns:
+        for workload, batch in batches:
+            for g in turn:
+                if g == group:
+                    began = time.time()
+                    outs = llm.generate(batch, params, use_tqdm=False)
+                    ended = time.time()
+                    outputs.extend(outs)  # the warm-up's tokens are in the log too
+                    if i > 0:
+                        runs.append(
+                            {
+                                "rep": i,
+                                "workload": workload,
+                                "began": began,
+                                "ended": ended,
+                                "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+                            }
+                        )
+                barrier.wait(timeout=900)
     time.sleep(2)  # DP: let every rank leave its step loop before shutdown
     llm.llm_engine.engine_core.shutdown()
     barrier.wait(timeout=900)
@@ -224,6 +232,8 @@ def run_layout(args) -> dict:
                 "dtype": args.dtype,
                 "layers": args.layers,
                 "eager": args.eager,
+                "max_num_seqs": args.max_num_seqs,
+                "seed_prompts": args.seed_prompts,
             }
             procs.append(ctx.Process(target=engine_process, args=(task, barrier, results)))
     began = time.time()
@@ -250,6 +260,7 @@ def run_layout(args) -> dict:
         "max_tokens": 128,
         "reps": args.reps,
         "mem_per_engine": args.mem,
+        "max_num_seqs": args.max_num_seqs,
         "oracle": args.oracle,
         "logged_layers": args.layers,
         "wall_s": round(time.time() - began, 1),
@@ -280,75 +291,101 @@ def _stop(procs) -> None:
 
 
 def throughput(parts: list[dict]) -> dict:
-    """Per group: output tokens/s of each rep (all DP ranks: tokens over the rep's span)."""
-    per_group: dict[str, list[float]] = {}
-    for group in GROUPS:
-        reps: dict[int, list[dict]] = {}
-        for part in parts:
-            if part.get("group") == group:
-                for run in part.get("runs", []):
-                    reps.setdefault(run["rep"], []).append(run)
-        per_group[group] = [
+    """Per workload and group: output tokens/s of each rep (DP: all ranks' tokens over the span)."""
+    reps: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for part in parts:
+        for run in part.get("runs", []):
+            key = (run.get("workload", "gsm8k"), part["group"])
+            reps.setdefault(key, {}).setdefault(run["rep"], []).append(run)
+    result: dict[str, dict[str, list[float]]] = {}
+    for (workload, group), by_rep in sorted(reps.items()):
+        result.setdefault(workload, {})[group] = [
             round(
                 sum(r["tokens"] for r in rs)
                 / (max(r["ended"] for r in rs) - min(r["began"] for r in rs)),
                 1,
             )
-            for _, rs in sorted(reps.items())
+            for _, rs in sorted(by_rep.items())
         ]
-    return per_group
+    return result
+
+
+def by_workload(result: dict) -> dict[str, dict[str, list[float]]]:
+    """The throughput of a result file; files written before workloads were named hold GSM8K."""
+    tp = result["throughput"]
+    return {"gsm8k": tp} if "off" in tp or "all" in tp else tp
+
+
+def ratios(tp: dict[str, list[float]]) -> tuple[float, list[float]]:
+    """Median logging / median off, and the ratio of each rep (its two runs ran back to back).
+
+    Per-rep ratios only when both groups have every rep: otherwise none, rather
+    than pair runs of different reps.
+    """
+    off, on = tp["off"], tp["all"]
+    per_rep = [a / b for a, b in zip(on, off, strict=True)] if len(on) == len(off) else []
+    return statistics.median(on) / statistics.median(off), per_rep
+
+
+def _median_text(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f}" if values else "n/a (a rep failed)"
 
 
 def summary_line(result: dict) -> str:
-    tp = result["throughput"]
     checks = [p["check"] for p in result["parts"] if "check" in p]
     errors = [p["error"] for p in result["parts"] if "error" in p]
-    text = f"{result['layout']}: off {tp.get('off')} all {tp.get('all')} tok/s"
-    if tp.get("off") and tp.get("all"):
-        ratio = statistics.median(tp["all"]) / statistics.median(tp["off"])
-        text += f" ratio {ratio:.3f}"
+    text = result["layout"]
+    for workload, tp in by_workload(result).items():
+        text += f"\n  {workload}: off {tp.get('off')} all {tp.get('all')} tok/s"
+        if tp.get("off") and tp.get("all"):
+            ratio, per_rep = ratios(tp)
+            text += f" ratio {ratio:.3f} per rep {[round(r, 3) for r in per_rep]}"
     for c in checks:
         a = c["agreement"]
         text += (
             f"\n  {c['files']}: lines {c['route_lines']}/{c['expected_route_lines']}"
             f" missing {a['missing']} dup {a['duplicates']} unknown {a['unknown']}"
             f" agreement {a['agreement']:.6f} (oracle {a['oracle']}) trailers {c['trailers']}"
+            f" engine wait {c['engine_wait_s']} s"
         )
     return text + "".join(f"\n  ERROR {e}" for e in errors)
 
 
 def table(args) -> str:
-    """Markdown: per layout, median tok/s off and all, ratio, token counts and agreement."""
+    """Markdown: per layout and workload, tok/s off and logging, ratios, counts, agreement."""
     lines = [
-        "| layout | runs | off tok/s (median, min-max) | logging tok/s | logging / off "
-        "| route lines / expected | missing, duplicates | ids equal to vLLM's |",
-        "|---|---|---|---|---|---|---|---|",
+        "| layout | workload | runs | off tok/s (median, min-max) | logging tok/s "
+        "| logging / off (medians; per rep median) | route lines / expected "
+        "| missing, duplicates | ids equal to vLLM's |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(Path(args.dir).glob("*.json")):
         r = json.loads(path.read_text())
-        off, on = r["throughput"].get("off", []), r["throughput"].get("all", [])
         checks = [p["check"] for p in r["parts"] if "check" in p]
-        if not (off and on and checks):
-            lines.append(f"| {r['layout']} | failed: see {path.name} |||||||")
-            continue
-        got = sum(c["route_lines"] for c in checks)
-        want = sum(c["expected_route_lines"] for c in checks)
-        miss = sum(c["agreement"]["missing"] for c in checks)
-        dups = sum(c["agreement"]["duplicates"] for c in checks)
-        pairs = sum(c["agreement"]["pairs"] for c in checks)
-        same = sum(c["agreement"]["identical"] for c in checks)
-        ids = f"{same / pairs:.4%} of {pairs:,}" if r["oracle"] and pairs else "not compared"
         name = r["layout"] + (
             f" (layers {r['logged_layers']})" if r.get("logged_layers", "all") != "all" else ""
         )
-        lines.append(
-            f"| {name} | {len(off)}+{len(on)} | {statistics.median(off):.0f} "
-            f"({min(off):.0f}-{max(off):.0f}) | {statistics.median(on):.0f} "
-            f"({min(on):.0f}-{max(on):.0f}) | {statistics.median(on) / statistics.median(off):.3f}"
-            f" | {got:,} / {want:,} | {miss}, {dups} | {ids} |"
-        )
+        for workload, tp in by_workload(r).items():
+            off, on = tp.get("off", []), tp.get("all", [])
+            if not (off and on and checks):
+                lines.append(f"| {name} | {workload} | failed: see {path.name} |||||||")
+                continue
+            got = sum(c["route_lines"] for c in checks)
+            want = sum(c["expected_route_lines"] for c in checks)
+            miss = sum(c["agreement"]["missing"] for c in checks)
+            dups = sum(c["agreement"]["duplicates"] for c in checks)
+            pairs = sum(c["agreement"]["pairs"] for c in checks)
+            same = sum(c["agreement"]["identical"] for c in checks)
+            ids = f"{same / pairs:.4%} of {pairs:,}" if r["oracle"] and pairs else "not compared"
+            ratio, per_rep = ratios(tp)
+            lines.append(
+                f"| {name} | {workload} | {len(off)}+{len(on)} | {statistics.median(off):.0f} "
+                f"({min(off):.0f}-{max(off):.0f}) | {statistics.median(on):.0f} "
+                f"({min(on):.0f}-{max(on):.0f}) | {ratio:.3f}; {_median_text(per_rep)}"
+                f" | {got:,} / {want:,} | {miss}, {dups} | {ids} |"
+            )
     cards = sorted({json.loads(p.read_text())["card"] for p in Path(args.dir).glob("*.json")})
-    text = "\n".join(lines) + f"\n\ncards: {', '.join(cards)}\n"
+    text = "\n".join(lines) + f"\n\ncards: {', '.join(cards)}; route lines and ids: all workloads\n"
     print(text)
     return text
 
@@ -374,6 +411,17 @@ def main() -> None:
     )
     run.add_argument("--dtype", default="bfloat16", help="model dtype (float32 for CPU trials)")
     run.add_argument("--eager", action="store_true", help="enforce_eager (default: CUDA graphs)")
+    run.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="vLLM max_num_seqs (default: vLLM's); small enough that the KV cache never preempts",
+    )
+    run.add_argument(
+        "--seed-prompts",
+        action="store_true",
+        help="also time the 25 prompts of prompts.txt in every turn (the seed workload)",
+    )
     run.add_argument("--model-dir", type=Path, default=Path("/tmp/qwen15-moe-dummy"))
     run.add_argument("--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl")
     run.add_argument("--log-dir", type=Path, default=Path("/tmp/parallel-bench-logs"))
