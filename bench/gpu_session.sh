@@ -29,6 +29,19 @@ free_gpus() {  # whatever a failed step left on the GPUs
   sleep 2
 }
 
+paired_on_one_gpu() {  # OUT NAME LAYERS ARGS...: parallel_bench.py run single, two engines on GPU0
+  # Each engine has 0.46 of the card; max_num_seqs 128 keeps their smaller KV
+  # caches from preempting, which would make run times race-dependent.
+  local out=$1 name=$2 layers=$3
+  shift 3
+  CUDA_VISIBLE_DEVICES=0 python3 bench/parallel_bench.py run single --mem 0.46 \
+    --max-num-seqs 128 --no-oracle --layers "$layers" --out "$out/$name-layers-$layers" "$@" \
+    >"$out/$name-$layers.log" 2>&1
+  echo "== layers $layers: exit status $?"
+  grep -A5 "^single" "$out/$name-$layers.log"
+  free_gpus
+}
+
 case "${1:-}" in
   setup)
     bash .gpu/install_bundle.sh finish 2>&1 | tail -5
@@ -47,18 +60,11 @@ case "${1:-}" in
     grep -h -E "oracle.*(tok/s|oracle \{)|^== " "$out/oracle.log"
     ;;
   overhead)
-    # Two engines share the card (0.46 of its memory each); max_num_seqs 128 keeps
-    # their smaller KV caches from preempting, which would make run times race-dependent.
     activate
     out=$2
     shift 2
     for layers in "$@"; do
-      CUDA_VISIBLE_DEVICES=0 python3 bench/parallel_bench.py run single --n 1319 --reps 4 \
-        --mem 0.46 --max-num-seqs 128 --no-oracle --seed-prompts --layers "$layers" \
-        --out "$out/overhead-layers-$layers" >"$out/overhead-$layers.log" 2>&1
-      echo "== layers $layers: exit status $?"
-      grep -A5 "^single" "$out/overhead-$layers.log"
-      free_gpus
+      paired_on_one_gpu "$out" overhead "$layers" --n 1319 --reps 4 --seed-prompts
     done
     ;;
   seed)
@@ -71,12 +77,7 @@ case "${1:-}" in
       json.dumps({'question': line}) + '\n' for line in open('prompts.txt').read().splitlines())" \
       >/tmp/seed25.jsonl
     for layers in "$@"; do
-      CUDA_VISIBLE_DEVICES=0 python3 bench/parallel_bench.py run single --n 25 \
-        --gsm8k /tmp/seed25.jsonl --reps 10 --mem 0.46 --max-num-seqs 128 --no-oracle \
-        --layers "$layers" --out "$out/seed-layers-$layers" >"$out/seed-$layers.log" 2>&1
-      echo "== layers $layers: exit status $?"
-      grep -A3 "^single" "$out/seed-$layers.log"
-      free_gpus
+      paired_on_one_gpu "$out" seed "$layers" --n 25 --gsm8k /tmp/seed25.jsonl --reps 10
     done
     ;;
   single)

@@ -128,26 +128,23 @@ def _engine_process(task: dict, barrier) -> dict:
     params = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
     runs, outputs = [], []
     order = [GROUPS if i % 2 == 0 else GROUPS[::-1] for i in range(task["reps"])]
+
+    def timed_generate(batch: list[str]) -> dict:
+        began = time.time()
+        outs = llm.generate(batch, params, use_tqdm=False)
+        outputs.extend(outs)  # the warm-up's tokens are in the log too
+        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+        return {"began": began, "ended": time.time(), "tokens": tokens}
+
     turns = [(0, GROUPS, [("warmup", questions[:16])])]
     turns += [(i + 1, turn, workloads) for i, turn in enumerate(order)]
-    for i, turn, batches in turns:
+    for rep, turn, batches in turns:
         for workload, batch in batches:
-            for g in turn:
+            for g in turn:  # the groups take turns: one generates, the other waits
                 if g == group:
-                    began = time.time()
-                    outs = llm.generate(batch, params, use_tqdm=False)
-                    ended = time.time()
-                    outputs.extend(outs)  # the warm-up's tokens are in the log too
-                    if i > 0:
-                        runs.append(
-                            {
-                                "rep": i,
-                                "workload": workload,
-                                "began": began,
-                                "ended": ended,
-                                "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-                            }
-                        )
+                    run = timed_generate(batch)
+                    if rep > 0:
+                        runs.append({"rep": rep, "workload": workload, **run})
                 barrier.wait(timeout=900)
     time.sleep(2)  # DP: let every rank leave its step loop before shutdown
     llm.llm_engine.engine_core.shutdown()
@@ -365,18 +362,18 @@ def table(args) -> str:
         name = r["layout"] + (
             f" (layers {r['logged_layers']})" if r.get("logged_layers", "all") != "all" else ""
         )
+        got = sum(c["route_lines"] for c in checks)  # the log holds every workload
+        want = sum(c["expected_route_lines"] for c in checks)
+        miss = sum(c["agreement"]["missing"] for c in checks)
+        dups = sum(c["agreement"]["duplicates"] for c in checks)
+        pairs = sum(c["agreement"]["pairs"] for c in checks)
+        same = sum(c["agreement"]["identical"] for c in checks)
+        ids = f"{same / pairs:.4%} of {pairs:,}" if r["oracle"] and pairs else "not compared"
         for workload, tp in by_workload(r).items():
             off, on = tp.get("off", []), tp.get("all", [])
             if not (off and on and checks):
                 lines.append(f"| {name} | {workload} | failed: see {path.name} |||||||")
                 continue
-            got = sum(c["route_lines"] for c in checks)
-            want = sum(c["expected_route_lines"] for c in checks)
-            miss = sum(c["agreement"]["missing"] for c in checks)
-            dups = sum(c["agreement"]["duplicates"] for c in checks)
-            pairs = sum(c["agreement"]["pairs"] for c in checks)
-            same = sum(c["agreement"]["identical"] for c in checks)
-            ids = f"{same / pairs:.4%} of {pairs:,}" if r["oracle"] and pairs else "not compared"
             ratio, per_rep = ratios(tp)
             lines.append(
                 f"| {name} | {workload} | {len(off)}+{len(on)} | {statistics.median(off):.0f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -61,11 +62,11 @@ def test_ratios_are_median_over_median_and_one_per_rep():
     assert parallel_bench.ratios({"off": [1.0, 2.0], "all": [3.0]}) == (2.0, [])
 
 
-def test_table_of_the_recorded_h100_run_shows_both_workloads(tmp_path, capsys):
+def test_table_of_the_recorded_h100_run_shows_both_workloads(tmp_path):
     source = REPO / "bench/results/h100-2026-11-27-w4/overhead-layers-all/single.json"
     (tmp_path / "single.json").write_text(source.read_text())
     recorded = json.loads(source.read_text())["throughput"]
-    text = parallel_bench.table(type("Args", (), {"dir": tmp_path})())
+    text = parallel_bench.table(argparse.Namespace(dir=tmp_path))
     rows = [line for line in text.splitlines() if line.startswith("| single |")]
     assert [row.split(" | ")[1] for row in rows] == sorted(recorded)
     assert "NVIDIA H100 80GB HBM3" in text
