@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from moe_profiler import plots, routes, stats
@@ -26,6 +27,7 @@ def analyze(
     per_layer = counter.summary(header["top_k"])
     summary = {
         "model_id": header.get("model_id"),
+        "model_name": model_label(header),
         "run_id": header.get("run_id"),
         "schema": header["schema"],
         "num_experts": header["num_experts"],
@@ -45,7 +47,7 @@ def analyze(
         if layer not in layers:
             raise routes.RouteLogError(f"layer {layer} is not in the logs (logged: {layers})")
         tokens = per_layer[str(layer)]["tokens"]
-        title = f"{header.get('model_id')}: expert usage, {tokens:,} tokens"
+        title = f"{model_label(header)}: expert usage, {tokens:,} tokens"
         plots.plot_usage(counter.counts, layers, layer, title, Path(png))
     return summary
 
@@ -71,6 +73,15 @@ def table(summary: dict) -> str:
             f"{m['entropy']:>7.3f} {m['jain']:>6.3f}  {hot} / {cold}"
         )
     return "\n".join(lines)
+
+
+def model_label(header: dict) -> str:
+    """The model's name for titles: the header's ``model_name`` (hub id or folder name).
+
+    Logs written before that field existed: the last part of an absolute path.
+    """
+    name = header.get("model_name") or header.get("model_id") or "unknown model"
+    return os.path.basename(name.rstrip("/")) if os.path.isabs(name) else name
 
 
 def _rank_label(ranks: dict) -> str:

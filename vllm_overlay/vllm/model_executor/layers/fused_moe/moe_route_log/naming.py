@@ -1,4 +1,6 @@
-"""Which file each logging process writes: one per process, never shared.
+"""Names: which file each logging process writes, and how the model is called.
+
+One file per process, never shared.
 
 Only tensor-parallel rank 0 of each (data-parallel, pipeline) rank writes, so a
 run with one data-parallel and one pipeline rank writes exactly the path the
@@ -25,3 +27,15 @@ def rank_log_path(
     stem, suffix = os.path.splitext(path)
     host = re.sub(r"[^A-Za-z0-9-]+", "_", hostname) or "host"
     return f"{stem}.{host}.dp{dp_rank}-pp{pp_rank}{suffix}"
+
+
+def model_display_name(model: str) -> str:
+    """The model as people name it: a hub id as given, a local folder by its own name.
+
+    ``Qwen/Qwen1.5-MoE-A2.7B-Chat`` stays; ``/tmp/x/tiny-moe`` and ``smoke-out/tiny-moe``
+    (folders that exist here) become ``tiny-moe``.
+    """
+    path = os.path.expanduser(model.rstrip("/"))
+    if os.path.isabs(path) or os.path.isdir(path) or model.startswith((".", "~")):
+        return os.path.basename(path) or model
+    return model
