@@ -45,9 +45,11 @@ def write_log(path: Path, target_bytes: int) -> int:
             reqs = [f"{step}-{i}-0123abcd" for i in range(16)]
             counts = np.full(16, tokens_per_step // 16)
             positions = np.tile(np.arange(tokens_per_step // 16), 16) + step
+            toks = rng.integers(0, 150_000, tokens_per_step)
             written += f.write(
-                log_format.encode_routes(
-                    step, layers, reqs, counts, positions, ids.astype(np.int32), weights
+                log_format.request_lines(step, reqs, counts)
+                + log_format.encode_routes(
+                    step, layers, reqs, counts, positions, toks, ids.astype(np.int32), weights
                 )
             )
         written += f.write(log_format.trailer_line({"steps": step}))

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt
     _loads = json.loads
     _DecodeError = (json.JSONDecodeError, UnicodeDecodeError)
 
-SUPPORTED_SCHEMAS = (1, 2)
+SUPPORTED_SCHEMAS = (1, 2, 3)
 
 
 class RouteLogError(ValueError):
@@ -51,6 +51,8 @@ class Route:
     weights: list[float]
     req_id: str | None  # vLLM's request id (schema 2)
     pos: int | None  # position in its request (schema 2)
+    tok: int | None = None  # input token id (schema 3)
+    prefill: bool | None = None  # pos < the request's prompt length (schema 3)
 
     @property
     def request(self) -> str | None:
@@ -109,7 +111,8 @@ def iter_routes(
     header = log.header
     top_k, num_experts = header["top_k"], header["num_experts"]
     layers = set(header["layers"])
-    schema2 = log.schema >= 2
+    schema2, schema3 = log.schema >= 2, log.schema >= 3
+    prompt_len: dict[str, int] = {}
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
 
     def problem(line_no: int, what: str) -> None:
@@ -135,6 +138,9 @@ def iter_routes(
             if kind == "end":
                 log.trailer = rec
                 continue
+            if kind == "request" and schema3:
+                prompt_len[rec.get("req_id")] = rec.get("prompt_len")
+                continue
             if kind != "route":
                 problem(line_no, f"unexpected line type {kind!r}")
                 continue
@@ -148,6 +154,8 @@ def iter_routes(
                     weights,
                     rec["req_id"] if schema2 else None,
                     rec["pos"] if schema2 else None,
+                    rec["tok"] if schema3 else None,
+                    _is_prefill(rec["pos"], prompt_len.get(rec["req_id"])) if schema3 else None,
                 )
             except (KeyError, TypeError) as e:
                 problem(line_no, f"route line without {e}")
@@ -168,6 +176,10 @@ def iter_routes(
             else:
                 log.routes += 1
                 yield route
+
+
+def _is_prefill(pos: int, prompt_len: int | None) -> bool | None:
+    return None if prompt_len is None else pos < prompt_len
 
 
 def find_logs(specs: list[str]) -> list[Path]:

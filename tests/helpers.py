@@ -16,12 +16,14 @@ def write_log(
     top_k=2,
     trailer=True,
     requests: list[tuple[str, int]] | None = None,
+    prompt_len: int = 4,
     **meta,
 ) -> Path:
     """A schema-2 log; ``steps[i]`` holds the expert ids ``[tokens, layers, top_k]`` of step i+1.
 
     Each step is one request: ``requests[i] = (req_id, first position)``, by default
-    ``("req<i>-abcd1234", 0)``; weights are 1/top_k.
+    ``("req<i>-abcd1234", 0)``; weights are 1/top_k; token ids are 1000 + position;
+    a request line (prompt length ``prompt_len``) precedes each step.
     """
     requests = requests or [(f"req{i}-abcd1234", 0) for i in range(len(steps))]
     header = {
@@ -37,6 +39,7 @@ def write_log(
         n = ids.shape[0]
         weights = np.full(ids.shape, 1.0 / top_k, dtype=np.float32)
         req_id, first = requests[i]
+        chunks.append(log_format.request_lines(i + 1, [req_id], [prompt_len]))
         chunks.append(
             log_format.encode_routes(
                 i + 1,
@@ -44,6 +47,7 @@ def write_log(
                 [req_id],
                 np.array([n]),
                 np.arange(first, first + n),
+                np.arange(first, first + n) + 1000,
                 ids,
                 weights,
             )

@@ -24,7 +24,8 @@ def test_route_lines_are_exact_json(tmp_path):
     weights[0, 0] = [1.0, 0.25, 0.0, 2.5]  # exact values, and > 1 (scaled routing)
     weights[0, 1] = [1e-7, 0.1234565, 12345.5, 0.5]
     req_ids = ["0-abc", 'quote"and\\slash-1', "uni-é"]
-    text = log_format.encode_routes(9, [0, 3, 7], req_ids, counts, positions, ids, weights)
+    toks = rng.integers(0, 150_000, 37)
+    text = log_format.encode_routes(9, [0, 3, 7], req_ids, counts, positions, toks, ids, weights)
     lines = text.decode().splitlines()
     assert len(lines) == 37 * 3 and text.endswith(b"\n")
     owner = np.repeat(np.arange(3), counts)
@@ -38,12 +39,14 @@ def test_route_lines_are_exact_json(tmp_path):
             "layer",
             "req_id",
             "pos",
+            "tok",
             "experts",
             "weights",
         ]
         assert rec["type"] == "route" and rec["step"] == 9 and rec["token"] == t
         assert rec["layer"] == [0, 3, 7][col]
         assert rec["req_id"] == req_ids[owner[t]] and rec["pos"] == positions[t]
+        assert rec["tok"] == toks[t]
         assert rec["experts"] == ids[t, col].tolist()
         expected = np.round(weights[t, col].astype(np.float64), log_format.WEIGHT_DECIMALS)
         assert rec["weights"] == pytest.approx(expected.tolist(), abs=1e-12)
@@ -57,7 +60,7 @@ def test_large_steps_are_encoded_in_blocks():
     n = log_format._LINES_PER_BLOCK // 2 + 5  # two blocks with 2 layers
     ids = rng.integers(0, 8, (n, 2, 2)).astype(np.int32)
     weights = rng.random((n, 2, 2)).astype(np.float32)
-    text = log_format.encode_routes(1, [4, 5], ["r-1"], np.array([n]), np.arange(n), ids, weights)
+    text = log_format.encode_routes(1, [4, 5], ["r-1"], np.array([n]), np.arange(n), np.arange(n), ids, weights)
     lines = text.splitlines()
     assert len(lines) == 2 * n
     assert json.loads(lines[-1])["token"] == n - 1 and json.loads(lines[-1])["pos"] == n - 1
@@ -71,6 +74,7 @@ def test_negative_and_non_finite_weights():
         ["r"],
         np.array([1]),
         np.array([0]),
+        np.array([7]),
         ids,
         np.array([[[-0.5, -1e-9]]], dtype=np.float32),
     )
@@ -82,6 +86,7 @@ def test_negative_and_non_finite_weights():
             ["r"],
             np.array([1]),
             np.array([0]),
+            np.array([7]),
             ids,
             np.array([[[np.nan, 1.0]]], dtype=np.float32),
         )
@@ -91,11 +96,13 @@ def test_shape_mismatches_are_refused():
     ids = np.zeros((2, 1, 2), dtype=np.int32)
     w = np.zeros((2, 1, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="does not add up"):
-        log_format.encode_routes(1, [0], ["r"], np.array([3]), np.arange(2), ids, w)
+        log_format.encode_routes(1, [0], ["r"], np.array([3]), np.arange(2), np.arange(2), ids, w)
     with pytest.raises(ValueError, match="do not match"):
-        log_format.encode_routes(1, [0, 1], ["r"], np.array([2]), np.arange(2), ids, w)
+        log_format.encode_routes(1, [0, 1], ["r"], np.array([2]), np.arange(2), np.arange(2), ids, w)
     assert (
-        log_format.encode_routes(1, [0], [], np.array([], dtype=int), np.arange(0), ids[:0], w[:0])
+        log_format.encode_routes(
+            1, [0], [], np.array([], dtype=int), np.arange(0), np.arange(0), ids[:0], w[:0]
+        )
         == b""
     )
 
@@ -105,10 +112,12 @@ def test_header_and_trailer_round_trip_through_the_reader(tmp_path):
     ids, weights, counts, positions = random_step(rng, layers=(1, 2))
     meta = {"layers": [1, 2], "num_experts": 60, "top_k": 4, "run_id": "x"}
     path = tmp_path / "log.jsonl"
+    toks = np.arange(37) * 3
     path.write_bytes(
         log_format.header_line(meta)
+        + log_format.request_lines(1, ["a-1", "b-2", "c-3"], [12, 0, 30])
         + log_format.encode_routes(
-            1, [1, 2], ["a-1", "b-2", "c-3"], counts, positions, ids, weights
+            1, [1, 2], ["a-1", "b-2", "c-3"], counts, positions, toks, ids, weights
         )
         + log_format.trailer_line({"steps": 1})
     )
@@ -120,3 +129,15 @@ def test_header_and_trailer_round_trip_through_the_reader(tmp_path):
     assert log.trailer == {"type": "end", "steps": 1}
     assert got[0].request == "a" and got[-1].req_id == "c-3"
     assert [r.experts for r in got] == ids.reshape(-1, 4).tolist()
+    assert [r.tok for r in got[::2]] == toks.tolist()
+    prompt_len = {"a-1": 12, "b-2": 0, "c-3": 30}
+    assert [r.prefill for r in got] == [r.pos < prompt_len[r.req_id] for r in got]
+    assert {r.prefill for r in got} == {True, False}
+
+
+def test_request_lines():
+    text = log_format.request_lines(4, ["0-ab", 'q"-1'], np.array([17, 3], dtype=np.int32))
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"type": "request", "step": 4, "req_id": "0-ab", "prompt_len": 17},
+        {"type": "request", "step": 4, "req_id": 'q"-1', "prompt_len": 3},
+    ]

@@ -35,19 +35,19 @@ def test_bad_lines_are_skipped_with_their_line_numbers(tmp_path):
     good = path.read_bytes()
     bad = good.splitlines(keepends=True)
     bad[2] = (
-        b'{"type":"route","step":1,"token":0,"layer":1,"req_id":"x","pos":0,"experts":[9,1],"weights":[0.5,0.5]}\n'
+        b'{"type":"route","step":1,"token":0,"layer":1,"req_id":"x","pos":0,"tok":5,"experts":[9,1],"weights":[0.5,0.5]}\n'
     )
     bad[3] = b"this is not json\n"
     bad[4] = (
-        b'{"type":"route","step":1,"layer":0,"req_id":"x","pos":0,"experts":[1,2],"weights":[1,1]}\n'
+        b'{"type":"route","step":1,"layer":0,"req_id":"x","pos":0,"tok":5,"experts":[1,2],"weights":[1,1]}\n'
     )
     bad.insert(
         5,
-        b'{"type":"route","step":1,"token":0,"layer":5,"req_id":"x","pos":0,"experts":[1,2],"weights":[1,1]}\n',
+        b'{"type":"route","step":1,"token":0,"layer":5,"req_id":"x","pos":0,"tok":5,"experts":[1,2],"weights":[1,1]}\n',
     )
     bad.insert(
         6,
-        b'{"type":"route","step":1,"token":0,"layer":0,"req_id":"x","pos":0,"experts":[1,1],"weights":[1,1]}\n',
+        b'{"type":"route","step":1,"token":0,"layer":0,"req_id":"x","pos":0,"tok":5,"experts":[1,1],"weights":[1,1]}\n',
     )
     bad.append(b'{"type":"route","step":2,"tok')  # killed mid-line
     path.write_bytes(b"".join(bad))
@@ -75,8 +75,8 @@ def test_bad_lines_are_skipped_with_their_line_numbers(tmp_path):
         (b"nope\n", ":1: the header line is not JSON"),
         (b'{"type":"route"}\n', ":1: the first line is not a header"),
         (
-            b'{"type":"meta","schema":3,"layers":[0],"num_experts":2,"top_k":1}\n',
-            "schema 3 is not one",
+            b'{"type":"meta","schema":4,"layers":[0],"num_experts":2,"top_k":1}\n',
+            "schema 4 is not one",
         ),
         (b'{"type":"meta","schema":2,"layers":[0],"top_k":1}\n', "the header has no 'num_experts'"),
     ],

@@ -25,7 +25,15 @@ def frame(step, tokens, rng=None, layers=2, top_k=2):
     weights = rng.random((tokens, layers, top_k)).astype(np.float32)
     counts = np.array([tokens])
     return wire.routes_frame(
-        step, [f"r{step}-x"], counts, np.arange(tokens), ids, weights, (tokens, layers, top_k)
+        step,
+        [f"r{step}-x"],
+        counts,
+        np.array([tokens // 2]),
+        np.arange(tokens),
+        np.arange(tokens, dtype=np.int32) + 100,
+        ids,
+        weights,
+        (tokens, layers, top_k),
     )
 
 
@@ -45,8 +53,15 @@ def test_frames_become_lines_in_order_with_trailer(tmp_path):
     w.close()
     routes.wait_until_complete(path, timeout=60)
     lines = read_lines(path)
-    assert lines[0] == {"type": "meta", "schema": 2, **META}
-    body, trailer = lines[1:-1], lines[-1]
+    assert lines[0] == {"type": "meta", "schema": 3, **META}
+    requests = [r for r in lines[1:-1] if r["type"] == "request"]
+    body, trailer = [r for r in lines[1:-1] if r["type"] == "route"], lines[-1]
+    # each pass has a request the pass before did not have: one request line each
+    assert requests == [
+        {"type": "request", "step": s, "req_id": f"r{s}-x", "prompt_len": n // 2}
+        for s, n in enumerate(sizes, 1)
+    ]
+    assert [r["tok"] for r in body[::2]] == [t + 100 for n in sizes for t in range(n)]
     assert len(body) == 2 * sum(sizes)
     order = [(r["step"], r["token"], r["layer"]) for r in body]
     assert order == sorted(order)
@@ -81,7 +96,7 @@ def test_back_pressure_blocks_the_sender_and_loses_nothing(tmp_path):
     w.close()
     reader.join(timeout=120)
     lines = [json.loads(x) for x in received.splitlines()]
-    assert len(lines) == 1 + 40 * 200 * 2 + 1
+    assert len(lines) == 1 + 40 * (200 * 2 + 1) + 1  # a request line per pass
     assert lines[-1]["lines"] == 40 * 200 * 2
     assert lines[-1]["writer_buffer_full_waits"] > 0  # the writer's queue was full ...
     assert blocked > 0.2  # ... and the sender waited for it, instead of anything being dropped
@@ -96,7 +111,7 @@ def test_end_of_stream_without_close_keeps_every_line(tmp_path, capfd):
     w.close()  # what the kernel does when the engine process is killed
     routes.wait_until_complete(path, timeout=60)
     lines = read_lines(path)
-    assert len(lines) == 1 + 30 and lines[-1]["type"] == "route"
+    assert len(lines) == 1 + 3 * (1 + 10) and lines[-1]["type"] == "route"
     assert "the engine went away (it exited)" in capfd.readouterr().err
 
 
@@ -109,7 +124,7 @@ def test_engine_killed_inside_a_frame(tmp_path, capfd):
     w.send([head, rest[0]])  # half a frame, then the pipe closes
     w.close()
     routes.wait_until_complete(path, timeout=60)
-    assert len(read_lines(path)) == 1 + 8
+    assert len(read_lines(path)) == 1 + 1 + 8  # header, request line, 4 tokens x 2 layers
     assert "its pipe broke" in capfd.readouterr().err
 
 

@@ -24,7 +24,7 @@ import torch
 
 from .envs import LogConfigError, read_config
 from .log_format import WEIGHT_DECIMALS
-from .naming import rank_log_path
+from .naming import model_display_name, rank_log_path
 
 ACTIVE = False  # this process writes a route log
 _session = None
@@ -75,9 +75,11 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     first_layer = moe_layers[layers[0]]
     model_config = vllm_config.model_config
     ep = parallel.enable_expert_parallel
+    model_id = config.model_id or model_config.model
     meta = {
         "vllm_version": _vllm_version(),
-        "model_id": config.model_id or model_config.model,
+        "model_id": model_id,
+        "model_name": model_display_name(model_id),
         "seed": config.seed if config.seed is not None else model_config.seed,
         "req_id": config.run_label,
         "run_id": config.run_label or vllm_config.instance_id,
@@ -137,11 +139,13 @@ def end_step(runner, tokens_per_req: np.ndarray) -> None:
     """Log the forward pass ``runner`` just ran: ``tokens_per_req`` per batch request."""
     if _session is None:
         return
-    rows = int(tokens_per_req.sum())
+    rows, reqs = int(tokens_per_req.sum()), len(tokens_per_req)
     _session.end_step(
-        list(runner.input_batch.req_ids[: len(tokens_per_req)]),
+        list(runner.input_batch.req_ids[:reqs]),
         tokens_per_req.copy(),
+        runner.input_batch.num_prompt_tokens[:reqs].copy(),
         runner.positions.np[:rows].copy(),
+        runner.input_ids.gpu,
     )
 
 

@@ -2,6 +2,9 @@
 
 Line 1 is a header (``"type": "meta"``), then one ``"type": "route"`` line per
 (token, logged layer), then, on a clean shutdown, a trailer (``"type": "end"``).
+A ``"type": "request"`` line (its prompt length) comes before the route lines of a
+request whenever that request was not in the previous logged pass, so every
+route line can be told prefill (``pos < prompt_len``) or decode.
 Route lines are encoded in bulk with numpy (no per-line Python), because a
 24-layer log of a busy engine runs to millions of lines a minute.
 
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WEIGHT_DECIMALS = 6  # router weights are written rounded to this many decimals
 
 # Lines are assembled in a byte matrix, one row per line, and padding bytes are
@@ -35,6 +38,15 @@ def trailer_line(stats: dict) -> bytes:
     return _json_line({"type": "end", **stats})
 
 
+def request_lines(step: int, req_ids: Sequence[str], prompt_lens: Sequence[int]) -> bytes:
+    """One ``request`` line per request: its prompt length, seen at pass ``step``."""
+    return b"".join(
+        b'{"type":"request","step":%d,"req_id":%s,"prompt_len":%d}\n'
+        % (step, json.dumps(r).encode(), int(n))
+        for r, n in zip(req_ids, prompt_lens, strict=True)
+    )
+
+
 def _json_line(obj: dict) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
@@ -45,6 +57,7 @@ def encode_routes(
     req_ids: Sequence[str],
     tokens_per_req: np.ndarray,
     positions: np.ndarray,
+    token_ids: np.ndarray,
     expert_ids: np.ndarray,
     weights: np.ndarray,
 ) -> bytes:
@@ -52,13 +65,14 @@ def encode_routes(
 
     ``expert_ids`` and ``weights`` are ``[tokens, len(layers), top_k]``;
     ``tokens_per_req[i]`` consecutive rows belong to ``req_ids[i]``;
-    ``positions[t]`` is row t's position in its request.
+    ``positions[t]`` is row t's position in its request, ``token_ids[t]`` the
+    token id the model read there.
     """
     n, num_layers, _ = expert_ids.shape
     if weights.shape != expert_ids.shape:
         raise ValueError(f"weights {weights.shape} != expert_ids {expert_ids.shape}")
-    if len(layers) != num_layers or len(positions) != n:
-        raise ValueError("layers/positions do not match the routes' shape")
+    if len(layers) != num_layers or len(positions) != n or len(token_ids) != n:
+        raise ValueError("layers/positions/token ids do not match the routes' shape")
     if int(np.sum(tokens_per_req)) != n or len(req_ids) != len(tokens_per_req):
         raise ValueError("tokens_per_req does not add up to the number of tokens")
     if n == 0:
@@ -76,6 +90,7 @@ def encode_routes(
                 np.asarray(layers, dtype=np.int64),
                 req_table[req_of_token[rows]],
                 np.asarray(positions[rows], dtype=np.int64),
+                np.asarray(token_ids[rows], dtype=np.int64),
                 np.asarray(expert_ids[rows], dtype=np.int64),
                 np.asarray(weights[rows], dtype=np.float64),
             )
@@ -83,7 +98,7 @@ def encode_routes(
     return b"".join(chunks)
 
 
-def _encode_block(step, tokens, layers, req_strings, positions, ids, weights) -> bytes:
+def _encode_block(step, tokens, layers, req_strings, positions, token_ids, ids, weights) -> bytes:
     n, num_layers, top_k = ids.shape
     per_token = lambda a: np.repeat(a, num_layers, axis=0)  # noqa: E731
     lines = n * num_layers
@@ -96,6 +111,8 @@ def _encode_block(step, tokens, layers, req_strings, positions, ids, weights) ->
         per_token(req_strings),
         _const(',"pos":', lines),
         per_token(_ints(positions)),
+        _const(',"tok":', lines),
+        per_token(_ints(token_ids)),
         _const(',"experts":[', lines),
     ]
     flat_ids = ids.reshape(lines, top_k)

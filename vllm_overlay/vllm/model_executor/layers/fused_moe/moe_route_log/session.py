@@ -34,6 +34,7 @@ class _HostSlot:
         shape = (rows, num_layers, top_k)
         self.expert_ids = torch.empty(shape, dtype=torch.int32, pin_memory=cuda)
         self.weights = torch.empty(shape, dtype=torch.float32, pin_memory=cuda)
+        self.token_ids = torch.empty(rows, dtype=torch.int32, pin_memory=cuda)
         self.copied = torch.cuda.Event() if cuda else None
 
 
@@ -71,9 +72,18 @@ class RouteLogSession:
         self._drain.start()
 
     def end_step(
-        self, req_ids: list[str], tokens_per_req: np.ndarray, positions: np.ndarray
+        self,
+        req_ids: list[str],
+        tokens_per_req: np.ndarray,
+        prompt_lens: np.ndarray,
+        positions: np.ndarray,
+        input_ids: torch.Tensor,
     ) -> None:
-        """Queue the routes of the forward pass that just ran (``len(positions)`` rows)."""
+        """Queue the routes of the forward pass that just ran (``len(positions)`` rows).
+
+        ``input_ids`` is the pass's input buffer on the device: under asynchronous
+        scheduling the ids of decode tokens exist only there.
+        """
         if self._broken or self._closed:
             return
         rows = len(positions)
@@ -87,14 +97,15 @@ class RouteLogSession:
         slot = self._slots[index]
         slot.expert_ids[:rows].copy_(self.buffers.expert_ids[:rows], non_blocking=True)
         slot.weights[:rows].copy_(self.buffers.weights[:rows], non_blocking=True)
+        slot.token_ids[:rows].copy_(input_ids[:rows], non_blocking=True)
         if slot.copied is not None:
             slot.copied.record()
         self.steps += 1
-        self._pending.put((index, self.steps, req_ids, tokens_per_req, positions))
+        self._pending.put((index, self.steps, req_ids, tokens_per_req, prompt_lens, positions))
 
     def _drain_loop(self) -> None:
         while (item := self._pending.get()) is not None:
-            index, step, req_ids, tokens_per_req, positions = item
+            index, step, req_ids, tokens_per_req, prompt_lens, positions = item
             slot = self._slots[index]
             if slot.copied is not None:
                 slot.copied.synchronize()
@@ -104,7 +115,9 @@ class RouteLogSession:
                     step,
                     req_ids,
                     tokens_per_req,
+                    prompt_lens,
                     positions,
+                    slot.token_ids[:rows].numpy(),
                     slot.expert_ids[:rows].numpy(),
                     slot.weights[:rows].numpy(),
                     (rows, *self._shape),

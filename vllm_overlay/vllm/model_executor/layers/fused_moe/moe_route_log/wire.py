@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"MRL2"
+MAGIC = b"MRL3"
 HEADER, ROUTES, CLOSE = 1, 2, 3
 _HEAD = struct.Struct("<4sB3xQ")
 _ROUTES_HEAD = struct.Struct("<qIIII")  # step, tokens, layers, top_k, req json bytes
@@ -24,6 +24,7 @@ EXPERT_DTYPE = np.dtype("<i4")
 WEIGHT_DTYPE = np.dtype("<f4")
 POSITION_DTYPE = np.dtype("<i8")
 COUNT_DTYPE = np.dtype("<i4")
+TOKEN_DTYPE = np.dtype("<i4")
 
 
 @dataclass
@@ -33,7 +34,9 @@ class RoutesFrame:
     step: int
     req_ids: list[str]
     tokens_per_req: np.ndarray
+    prompt_lens: np.ndarray  # per request
     positions: np.ndarray
+    token_ids: np.ndarray  # per token: the input token id
     expert_ids: np.ndarray  # [tokens, layers, top_k]
     weights: np.ndarray  # [tokens, layers, top_k]
 
@@ -48,7 +51,9 @@ def routes_frame(
     step: int,
     req_ids: list[str],
     tokens_per_req: np.ndarray,
+    prompt_lens: np.ndarray,
     positions: np.ndarray,
+    token_ids: memoryview | np.ndarray,
     expert_ids: memoryview | np.ndarray,
     weights: memoryview | np.ndarray,
     shape: tuple[int, int, int],
@@ -60,7 +65,9 @@ def routes_frame(
         _ROUTES_HEAD.pack(step, tokens, layers, top_k, len(reqs)),
         reqs,
         np.ascontiguousarray(tokens_per_req, dtype=COUNT_DTYPE).tobytes(),
+        np.ascontiguousarray(prompt_lens, dtype=COUNT_DTYPE).tobytes(),
         np.ascontiguousarray(positions, dtype=POSITION_DTYPE).tobytes(),
+        memoryview(token_ids).cast("B"),
         memoryview(expert_ids).cast("B"),
         memoryview(weights).cast("B"),
     ]
@@ -110,12 +117,23 @@ def decode_routes(payload: bytes) -> RoutesFrame:
     arrays = []
     for dtype, count in (
         (COUNT_DTYPE, len(req_ids)),
+        (COUNT_DTYPE, len(req_ids)),
         (POSITION_DTYPE, tokens),
+        (TOKEN_DTYPE, tokens),
         (EXPERT_DTYPE, tokens * layers * top_k),
         (WEIGHT_DTYPE, tokens * layers * top_k),
     ):
         arrays.append(np.frombuffer(payload, dtype=dtype, count=count, offset=offset))
         offset += dtype.itemsize * count
-    counts, positions, ids, weights = arrays
+    counts, prompt_lens, positions, token_ids, ids, weights = arrays
     shape = (tokens, layers, top_k)
-    return RoutesFrame(step, req_ids, counts, positions, ids.reshape(shape), weights.reshape(shape))
+    return RoutesFrame(
+        step,
+        req_ids,
+        counts,
+        prompt_lens,
+        positions,
+        token_ids,
+        ids.reshape(shape),
+        weights.reshape(shape),
+    )

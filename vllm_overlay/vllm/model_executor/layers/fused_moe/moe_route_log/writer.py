@@ -141,6 +141,7 @@ def run(stream, path: str, buffer_bytes: int, on_ready=lambda: None) -> bool:
     pump_errors: list[str] = []
     lines = tokens = 0
     layers: list[int] = []
+    previous_pass: set[str] = set()  # requests of the last logged pass
     closed = False
     with log:
         fcntl.flock(log, fcntl.LOCK_EX)
@@ -155,14 +156,20 @@ def run(stream, path: str, buffer_bytes: int, on_ready=lambda: None) -> bool:
                     _write_all(log, log_format.header_line(meta))
                 elif kind == wire.ROUTES:
                     r = wire.decode_routes(payload)
+                    new = [i for i, req in enumerate(r.req_ids) if req not in previous_pass]
+                    previous_pass = set(r.req_ids)
                     _write_all(
                         log,
-                        log_format.encode_routes(
+                        log_format.request_lines(
+                            r.step, [r.req_ids[i] for i in new], r.prompt_lens[new]
+                        )
+                        + log_format.encode_routes(
                             r.step,
                             layers,
                             r.req_ids,
                             r.tokens_per_req,
                             r.positions,
+                            r.token_ids,
                             r.expert_ids,
                             r.weights,
                         ),
