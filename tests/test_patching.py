@@ -94,6 +94,29 @@ def test_partial_states_are_completed_or_undone(tmp_path, pristine):
     assert patching.check(vllm).state == patching.PRISTINE
 
 
+def test_another_version_of_the_patch_is_replaced(tmp_path, pristine):
+    """An earlier release's patch (different insertions), applied by its own apply_hook.py."""
+    vllm = fake_vllm(tmp_path, pristine)
+    patching.apply(vllm)
+    layer = tmp_path / patching.LAYER
+    older = layer.read_text().replace("moe_route_recorder = None", "moe_route_recorder = None  #")
+    layer.write_text(older)  # what that release wrote, and recorded as written
+    (tmp_path / (patching.LAYER + patching.WRITTEN_SUFFIX)).write_text(
+        patching.sha256(older.encode())
+    )
+    state = patching.check(vllm)
+    assert state.files[patching.LAYER] == patching.OTHER_PATCH and state.state == patching.PARTIAL
+    assert patching.apply(vllm) == "completed: now identical to this checkout"
+    assert patching.check(vllm).state == patching.PATCHED
+    layer.write_text(older)
+    (tmp_path / (patching.LAYER + patching.WRITTEN_SUFFIX)).write_text(
+        patching.sha256(older.encode())
+    )
+    assert patching.revert(vllm) == "reverted"
+    assert layer.read_text() == pristine[patching.LAYER]
+    assert not list(tmp_path.rglob("*.moe-route-log.*")), "backups are gone after revert"
+
+
 def test_files_edited_by_hand_are_refused(tmp_path, pristine):
     vllm = fake_vllm(tmp_path, pristine)
     patching.apply(vllm)

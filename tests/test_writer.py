@@ -178,3 +178,114 @@ def test_writer_leaves_the_engine_process_tree(tmp_path):
     assert parent != os.getpid()
     w.close()
     routes.wait_until_complete(path, timeout=60)
+
+
+def wait_for_exit(w, timeout=60):
+    """Until the writer process (a grandchild: no waitpid) has finished every file."""
+    deadline = time.time() + timeout
+    while os.path.exists(f"/proc/{w.pid}") and time.time() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{w.pid}"), "the writer did not finish"
+
+
+def multi_request_frame(step, req_ids, tokens_each=3, layers=2, top_k=2):
+    n = tokens_each * len(req_ids)
+    ids = np.tile(np.arange(top_k, dtype=np.int32), (n, layers, 1))
+    weights = np.full((n, layers, top_k), 0.5, dtype=np.float32)
+    return wire.routes_frame(
+        step,
+        req_ids,
+        np.full(len(req_ids), tokens_each),
+        np.full(len(req_ids), 1),
+        np.tile(np.arange(tokens_each), len(req_ids)),
+        np.arange(n, dtype=np.int32),
+        ids,
+        weights,
+        (n, layers, top_k),
+    )
+
+
+def test_rotation_writes_complete_parts_and_keeps_the_newest(tmp_path):
+    path = tmp_path / "log.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20, max_bytes=20_000, keep=3)
+    w.send(wire.json_frame(wire.HEADER, META))
+    for step in range(1, 41):  # 40 passes x 30 tokens x 2 layers, ~150 bytes a line
+        w.send(frame(step, 30))
+    w.send(wire.json_frame(wire.CLOSE, {"steps": 40}))
+    w.close()
+    wait_for_exit(w)
+    parts = sorted(tmp_path.glob("log.p*.jsonl"))
+    assert not path.exists()
+    numbers = [int(p.name.split(".")[1][1:]) for p in parts]
+    assert len(parts) == 3 and numbers == list(range(numbers[0], numbers[0] + 3))
+    assert numbers[0] > 0, "older parts were deleted"
+    for number, part in zip(numbers, parts, strict=True):
+        lines = read_lines(part)
+        assert lines[0]["type"] == "meta" and lines[0]["part"] == number
+        assert lines[0]["log_path"] == str(part) and lines[0]["layers"] == META["layers"]
+        routes_ = [r for r in lines if r["type"] == "route"]
+        assert lines[-1]["type"] == "end" and lines[-1]["lines"] == len(routes_)
+        assert lines[1]["type"] == "request", "each part names its requests' prompt lengths"
+        if number != numbers[-1]:
+            assert lines[-1]["reason"] == "rotated" and part.stat().st_size >= 20_000
+    assert read_lines(parts[-1])[-1]["steps"] == 40  # the engine's trailer closes the last part
+
+
+def test_rotation_without_keep_loses_nothing(tmp_path):
+    path = tmp_path / "r.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20, max_bytes=10_000)
+    w.send(wire.json_frame(wire.HEADER, META))
+    for step in range(1, 21):
+        w.send(frame(step, 10))
+    w.send(wire.json_frame(wire.CLOSE, {"steps": 20}))
+    w.close()
+    wait_for_exit(w)
+    parts = sorted(tmp_path.glob("r.p*.jsonl"))
+    assert [p.name for p in parts] == [f"r.p{i:05d}.jsonl" for i in range(len(parts))]
+    assert len(parts) > 2
+    lines = [r for p in parts for r in read_lines(p) if r["type"] == "route"]
+    assert [(r["step"], r["token"], r["layer"]) for r in lines] == [
+        (s, t, layer) for s in range(1, 21) for t in range(10) for layer in (0, 2)
+    ]
+
+
+def test_sampling_keeps_whole_requests_by_id(tmp_path):
+    from moe_route_log.log_format import is_sampled
+
+    path = tmp_path / "s.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    w.send(wire.json_frame(wire.HEADER, {**META, "sample": 0.3}))
+    req_ids = [f"cmpl-{i}-0-{i:08x}" for i in range(40)]
+    for step in (1, 2):
+        w.send(multi_request_frame(step, req_ids))
+    w.send(wire.json_frame(wire.CLOSE, {"steps": 2}))
+    w.close()
+    routes.wait_until_complete(path, timeout=60)
+    lines = read_lines(path)
+    kept = [r for r in req_ids if is_sampled(r, 0.3)]
+    assert 4 < len(kept) < 25  # about 30 % of 40
+    got = [r for r in lines if r["type"] == "route"]
+    assert sorted({r["req_id"] for r in got}) == sorted(kept)
+    assert len(got) == len(kept) * 3 * 2 * 2  # every token (3) of both passes, 2 layers
+    index = {r: i for i, r in enumerate(req_ids)}
+    # the token field keeps the row in the full pass, the tok field the token id of that row
+    assert all(r["token"] == index[r["req_id"]] * 3 + r["pos"] == r["tok"] for r in got)
+    assert lines[-1]["lines"] == len(got)
+    # the same ids are in or out whatever the random suffix vLLM adds
+    assert is_sampled("cmpl-7-0-aaaaaaaa", 0.3) == is_sampled("cmpl-7-0-bbbbbbbb", 0.3)
+    assert all(is_sampled(r, 1.0) for r in req_ids)
+
+
+def test_line_frames_are_written_as_they_are(tmp_path):
+    path = tmp_path / "c.jsonl"
+    w = WriterProcess(str(path), buffer_bytes=1 << 20)
+    w.send(wire.json_frame(wire.HEADER, {**META, "mode": "counts"}))
+    window = {"type": "counts", "t_start": 1.5, "t_end": 2.5, "counts": [[1, 2], [3, 4]]}
+    w.send(wire.json_frame(wire.LINE, window))
+    w.send(wire.json_frame(wire.LINE, {"type": "control", "action": "stop", "t": 3.0, "step": 9}))
+    w.send(wire.json_frame(wire.CLOSE, {"steps": 9}))
+    w.close()
+    routes.wait_until_complete(path, timeout=60)
+    lines = read_lines(path)
+    assert lines[1:3] == [window, {"type": "control", "action": "stop", "t": 3.0, "step": 9}]
+    assert lines[-1]["type"] == "end" and lines[-1]["lines"] == 0

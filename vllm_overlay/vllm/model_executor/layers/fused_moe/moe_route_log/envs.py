@@ -10,6 +10,7 @@ Pure Python: no torch, no vLLM.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
@@ -50,7 +51,43 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "it is full, the engine waits (no route is ever dropped); the wait is "
         "reported in the trailer line.",
     ),
+    "VLLM_LOG_MOE_MODE": (
+        "routes",
+        "`routes`: one line per token and logged layer. `counts`: per logged layer and "
+        "expert, how many tokens chose it and the sum of their weights, accumulated on the "
+        "device and written as one `counts` line per window (no per-token data leaves "
+        "the GPU).",
+    ),
+    "VLLM_LOG_MOE_INTERVAL_S": (
+        "10",
+        "Seconds per window: how often counts are cut from the device (a `counts` line "
+        "in counts mode; the totals behind the dump endpoint and `/metrics` in both modes).",
+    ),
+    "VLLM_LOG_MOE_START": (
+        "on",
+        "`on`: record from the first request. `off`: the engine starts with the recorder "
+        "stopped (nothing written) until `/start_expert_distribution_record` or the "
+        "Python control starts it.",
+    ),
+    "VLLM_LOG_MOE_MAX_MB": (
+        None,
+        "Rotate the log when a file reaches this many MiB: files `<stem>.p00000<suffix>`, "
+        "`.p00001`, ..., each with its own header and trailer, each readable alone.",
+    ),
+    "VLLM_LOG_MOE_KEEP": (
+        None,
+        "With `VLLM_LOG_MOE_MAX_MB`: keep at most this many files of each process, "
+        "deleting the oldest (default: keep all).",
+    ),
+    "VLLM_LOG_MOE_SAMPLE": (
+        "1",
+        "Fraction of requests whose routes are written (routes mode), e.g. `0.01`; a "
+        "request is in or out by a hash of its id, with every token of it. Counts, the "
+        "dump and `/metrics` always cover every token.",
+    ),
 }
+
+MODES = ("routes", "counts")
 
 
 class LogConfigError(ValueError):
@@ -68,6 +105,12 @@ class LogConfig:
     model_id: str | None
     run_label: str | None
     buffer_bytes: int
+    mode: str = "routes"
+    interval_s: float = 10.0
+    start_on: bool = True
+    max_bytes: int | None = None  # rotate at this size
+    keep: int | None = None  # files kept when rotating
+    sample: float = 1.0  # fraction of requests in routes mode
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         """The logged layer indices for a model of ``num_layers`` decoder layers."""
@@ -98,6 +141,12 @@ def read_config(environ: Mapping[str, str] | None = None) -> LogConfig | None:
         model_id=env.get("VLLM_LOG_MOE_MODEL_ID") or None,
         run_label=env.get("VLLM_LOG_MOE_REQ_ID") or None,
         buffer_bytes=_parse_int(env, "VLLM_LOG_MOE_BUFFER_MB", minimum=1) * 2**20,
+        mode=_parse_choice(env, "VLLM_LOG_MOE_MODE", MODES),
+        interval_s=_parse_float(env, "VLLM_LOG_MOE_INTERVAL_S", low=0.0, high=None),
+        start_on=_parse_choice(env, "VLLM_LOG_MOE_START", ("on", "off")) == "on",
+        max_bytes=_mib(_parse_int(env, "VLLM_LOG_MOE_MAX_MB", minimum=1)),
+        keep=_parse_keep(env),
+        sample=_parse_float(env, "VLLM_LOG_MOE_SAMPLE", low=0.0, high=1.0),
     )
 
 
@@ -125,6 +174,48 @@ def _parse_int(env: Mapping[str, str], name: str, minimum: int | None) -> int | 
     if minimum is not None and value < minimum:
         raise LogConfigError(f"{name}={raw!r} is not valid; accepted: an integer >= {minimum}")
     return value
+
+
+def _raw(env: Mapping[str, str], name: str) -> str:
+    """The variable's value, or its declared default when unset or empty."""
+    raw = env.get(name)
+    return ENV_VARS[name][0] if raw is None or raw.strip() == "" else raw
+
+
+def _parse_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = _raw(env, name)
+    value = raw.strip().lower()
+    if value not in choices:
+        accepted = " or ".join(repr(c) for c in choices)
+        raise LogConfigError(f"{name}={raw!r} is not valid; accepted: {accepted}")
+    return value
+
+
+def _parse_float(env: Mapping[str, str], name: str, low: float, high: float | None) -> float:
+    """A number in (low, high]: the bounds every float variable here needs."""
+    raw = _raw(env, name)
+    accepted = f"a number > {low:g}" + ("" if high is None else f" and <= {high:g}")
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise LogConfigError(f"{name}={raw!r} is not valid; accepted: {accepted}") from None
+    if not (math.isfinite(value) and value > low) or (high is not None and value > high):
+        raise LogConfigError(f"{name}={raw!r} is not valid; accepted: {accepted}")
+    return value
+
+
+def _parse_keep(env: Mapping[str, str]) -> int | None:
+    keep = _parse_int(env, "VLLM_LOG_MOE_KEEP", minimum=1)
+    if keep is not None and not env.get("VLLM_LOG_MOE_MAX_MB", "").strip():
+        raise LogConfigError(
+            f"VLLM_LOG_MOE_KEEP={env['VLLM_LOG_MOE_KEEP']!r} needs VLLM_LOG_MOE_MAX_MB "
+            "(files are only kept or deleted when the log rotates)"
+        )
+    return keep
+
+
+def _mib(value: int | None) -> int | None:
+    return None if value is None else value * 2**20
 
 
 def _check_log_path(path: str) -> str:

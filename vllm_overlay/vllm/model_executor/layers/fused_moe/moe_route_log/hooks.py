@@ -9,6 +9,11 @@
 - ``close`` (``Worker.shutdown``): flushes the log and writes its trailer when the
   engine shuts down, also when it runs inside the caller's process. A process
   that exits without shutting its engine down is covered by atexit/finalizers.
+- ``rpc`` (``Worker.moe_route_log_rpc``, reached through vLLM's ``collective_rpc``):
+  the run-time controls start / stop / dump / status / totals (``control.py``).
+- ``attach_server`` (end of ``register_vllm_serve_api_routers``): with VLLM_LOG_MOE
+  set, ``vllm serve`` gets the control endpoints and expert-load metrics
+  (``server.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .envs import LogConfigError, read_config
 from .log_format import WEIGHT_DECIMALS
 from .naming import model_display_name, rank_log_path
 
-ACTIVE = False  # this process writes a route log
+ACTIVE = False  # this process records routes now (the runner calls end_step)
 _session = None
 _COMPILE_FACTOR = "VLLM_LOG_MOE (route recorder traced into the compiled graph)"
 
@@ -108,6 +113,8 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         "enforce_eager": model_config.enforce_eager,
         "prefix_caching": bool(vllm_config.cache_config.enable_prefix_caching),
         "log_path": path,
+        "mode": config.mode,
+        "sample": config.sample,
     }
     session = RouteLogSession(
         replace(config, path=path),
@@ -115,6 +122,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         rows=vllm_config.scheduler_config.max_num_batched_tokens,
         num_layers=len(layers),
         top_k=first_layer.top_k,
+        num_experts=first_layer.logical_num_experts,
         device=vllm_config.device_config.device,
     )
     for slot, layer_id in enumerate(layers):
@@ -124,7 +132,35 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     _register_compile_factor(layers)
     atexit.register(session.close)
     multiprocessing.util.Finalize(None, session.close, exitpriority=100)
-    _session, ACTIVE = session, True
+    _session, ACTIVE = session, session.recording
+
+
+def rpc(command: str) -> dict | None:
+    """Run a control ``command`` on this process's log; None where this process logs nothing."""
+    global ACTIVE
+    if _session is None:
+        return None
+    commands = {
+        "start": _session.start,
+        "stop": _session.stop,
+        "dump": _session.dump,
+        "status": _session.status,
+        "totals": _session.totals,
+    }
+    if command not in commands:
+        raise ValueError(f"moe_route_log: unknown command {command!r}; known: {sorted(commands)}")
+    result = commands[command]()
+    ACTIVE = _session.recording
+    return {**_session.identity, **result}
+
+
+def attach_server(app) -> None:
+    """Give ``vllm serve``'s app the control endpoints and metrics, if VLLM_LOG_MOE is set."""
+    if read_config() is None:
+        return
+    from .server import attach
+
+    attach(app)
 
 
 def close() -> None:

@@ -14,6 +14,7 @@ Pure Python + numpy: no torch, no vLLM (the writer process imports it alone).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,6 +48,23 @@ def request_lines(step: int, req_ids: Sequence[str], prompt_lens: Sequence[int])
     )
 
 
+def json_line(obj: dict) -> bytes:
+    """Any other line (``counts``, ``control``), written as given."""
+    return _json_line(obj)
+
+
+def is_sampled(req_id: str, fraction: float) -> bool:
+    """Whether request ``req_id``'s routes are written at sampling ``fraction``.
+
+    Decided by a CRC-32 of the caller's part of the id (vLLM appends ``-`` and 8
+    random hex digits internally), so a request id is in or out on every run.
+    """
+    if fraction >= 1.0:
+        return True
+    caller_id = req_id.rsplit("-", 1)[0]
+    return zlib.crc32(caller_id.encode()) < fraction * 2**32
+
+
 def _json_line(obj: dict) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
@@ -60,13 +78,15 @@ def encode_routes(
     token_ids: np.ndarray,
     expert_ids: np.ndarray,
     weights: np.ndarray,
+    token_rows: np.ndarray | None = None,
 ) -> bytes:
     """Route lines of one forward pass, token-major (token 0's layers first).
 
     ``expert_ids`` and ``weights`` are ``[tokens, len(layers), top_k]``;
     ``tokens_per_req[i]`` consecutive rows belong to ``req_ids[i]``;
     ``positions[t]`` is row t's position in its request, ``token_ids[t]`` the
-    token id the model read there.
+    token id the model read there. ``token_rows`` (default 0, 1, ...) are the rows'
+    indices in the pass (the ``token`` field) when only some rows are written.
     """
     n, num_layers, _ = expert_ids.shape
     if weights.shape != expert_ids.shape:
@@ -79,6 +99,8 @@ def encode_routes(
         return b""
     req_of_token = np.repeat(np.arange(len(req_ids)), tokens_per_req)
     req_table = _string_table([json.dumps(r) for r in req_ids])
+    if token_rows is None:
+        token_rows = np.arange(n, dtype=np.int64)
     chunks = []
     per_block = max(1, _LINES_PER_BLOCK // num_layers)
     for start in range(0, n, per_block):
@@ -86,7 +108,7 @@ def encode_routes(
         chunks.append(
             _encode_block(
                 step,
-                np.arange(rows.start, rows.stop, dtype=np.int64),
+                np.asarray(token_rows[rows], dtype=np.int64),
                 np.asarray(layers, dtype=np.int64),
                 req_table[req_of_token[rows]],
                 np.asarray(positions[rows], dtype=np.int64),

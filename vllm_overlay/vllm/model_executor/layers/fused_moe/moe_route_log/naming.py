@@ -29,6 +29,23 @@ def rank_log_path(
     return f"{stem}.{host}.dp{dp_rank}-pp{pp_rank}{suffix}"
 
 
+def part_path(path: str, part: int) -> str:
+    """File ``part`` of a rotated log: ``routes.jsonl`` -> ``routes.p00003.jsonl``."""
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}.p{part:05d}{suffix}"
+
+
+def log_files(path: str) -> list[str]:
+    """The files a process logging to ``path`` has on disk: ``path`` or its parts."""
+    stem, suffix = os.path.splitext(path)
+    pattern = re.compile(re.escape(os.path.basename(stem)) + r"\.p\d{5}" + re.escape(suffix) + "$")
+    directory = os.path.dirname(path) or "."
+    parts = sorted(
+        os.path.join(directory, name) for name in os.listdir(directory) if pattern.match(name)
+    )
+    return parts or ([path] if os.path.exists(path) else [])
+
+
 def model_display_name(model: str) -> str:
     """The model as people name it: a hub id as given, a local folder by its own name.
 

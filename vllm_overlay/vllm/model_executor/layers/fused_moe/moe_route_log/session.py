@@ -1,25 +1,38 @@
 """Engine side of one process's route log: device buffers -> host -> writer process.
 
-After each forward pass the model runner calls ``end_step``: it queues an
-asynchronous copy of the pass's real rows into a free host slot (pinned memory
-on CUDA) and returns. A drain thread waits for the copy, then hands the raw
-arrays to the writer process through a pipe. When every slot is in flight the
-next ``end_step`` waits for one (back-pressure, counted in the trailer) rather
-than drop routes.
+After each forward pass the model runner calls ``end_step`` (only while the
+recorder runs). It folds the pass into the device expert counts and, in routes
+mode, queues an asynchronous copy of the pass's real rows into a free host slot
+(pinned memory on CUDA) and returns. A drain thread waits for each copy, then
+hands the raw arrays to the writer process through a pipe. When every slot is in
+flight the next ``end_step`` waits for one (back-pressure, counted in the
+trailer) rather than drop routes.
+
+The first pass ``interval_s`` after a window opened closes it (so do stop and
+shutdown): its counts are cut in stream order, and the drain thread adds them to
+the totals behind the dump and the metrics; in counts mode the window also
+becomes a ``counts`` line, whose ``t_end`` is the time of its last pass. The dump
+and the metrics also read the open window, from the device. ``start``,
+``stop``, ``dump`` and ``status`` are the run-time controls (``control.py``).
+They run on the engine's own thread between passes, like ``end_step``.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from vllm.logger import init_logger
 
-from . import wire
+from . import naming, wire
+from .counts import DeviceExpertCounts, Snapshot
 from .envs import LogConfig
+from .log_format import is_sampled
 from .recorder import RouteBuffers
 from .writer import WriterProcess
 
@@ -38,6 +51,49 @@ class _HostSlot:
         self.copied = torch.cuda.Event() if cuda else None
 
 
+@dataclass
+class _Routes:
+    slot: int
+    step: int
+    req_ids: list[str]
+    tokens_per_req: np.ndarray
+    prompt_lens: np.ndarray
+    positions: np.ndarray
+
+
+@dataclass
+class _Window:
+    t_start: float
+    t_end: float
+    steps: int
+    tokens: int
+    prefill_tokens: int
+    snapshot: Snapshot
+
+
+@dataclass
+class _Totals:
+    """Counts summed over windows, on the host (float64 weight sums)."""
+
+    counts: np.ndarray
+    weight_sums: np.ndarray
+    tokens: int = 0
+    prefill_tokens: int = 0
+    steps: int = 0
+    since: float = 0.0  # when these totals started
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, int]) -> _Totals:
+        return cls(np.zeros(shape, np.int64), np.zeros(shape, np.float64), since=time.time())
+
+    def add(self, window: _Window, counts: np.ndarray, weight_sums: np.ndarray) -> None:
+        self.counts += counts
+        self.weight_sums += weight_sums
+        self.tokens += window.tokens
+        self.prefill_tokens += window.prefill_tokens
+        self.steps += window.steps
+
+
 class RouteLogSession:
     """One process's route log, from the device buffers to the writer process."""
 
@@ -48,28 +104,58 @@ class RouteLogSession:
         rows: int,
         num_layers: int,
         top_k: int,
+        num_experts: int,
         device: torch.device,
     ) -> None:
         self.path = config.path
+        self.mode = config.mode
+        self.layers: list[int] = meta["layers"]
+        # who answers a control call: what the client needs to merge the answers
+        self.identity = {
+            key: meta[key]
+            for key in ("ranks", "num_layers", "num_experts", "top_k", "model_name", "hostname")
+        }
+        self._interval_s = config.interval_s
+        self._sample = config.sample
         self.buffers = RouteBuffers(rows, num_layers, top_k, device)
+        self._counts = DeviceExpertCounts(self.buffers, num_experts)
         self._cuda = device.type == "cuda"
         self._shape = (num_layers, top_k)
-        self._writer = WriterProcess(config.path, config.buffer_bytes)
+        self._writer = WriterProcess(
+            config.path, config.buffer_bytes, config.max_bytes, config.keep
+        )
         self._writer.send(wire.json_frame(wire.HEADER, {**meta, "writer_pid": self._writer.pid}))
-        slot_bytes = rows * num_layers * top_k * 8
-        count = min(MAX_HOST_SLOTS, max(MIN_HOST_SLOTS, HOST_SLOT_BUDGET // slot_bytes))
-        self._slots = [_HostSlot(rows, num_layers, top_k, self._cuda) for _ in range(count)]
+        self._slots: list[_HostSlot] = []
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(count):
-            self._free.put(i)
+        if self.mode == "routes":
+            slot_bytes = rows * num_layers * top_k * 8
+            count = min(MAX_HOST_SLOTS, max(MIN_HOST_SLOTS, HOST_SLOT_BUDGET // slot_bytes))
+            self._slots = [_HostSlot(rows, num_layers, top_k, self._cuda) for _ in range(count)]
+            for i in range(count):
+                self._free.put(i)
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._broken = False
         self._closed = False
-        self.steps = 0
+        self.recording = False
+        self.steps = 0  # passes recorded (the `step` of route lines)
         self.wait_s = 0.0
         self.waits = 0
+        # the open window (engine thread)
+        self._window_start = self._window_last = 0.0
+        self._window_steps = self._window_tokens = self._window_prefill = 0
+        # filled by the drain thread
+        self._lock = threading.Lock()
+        shape = (num_layers, num_experts)
+        self._record = _Totals.zeros(shape)  # since the last start (the dump)
+        self._lifetime = _Totals.zeros(shape)  # since the engine started (metrics)
+        self._last_window: dict | None = None
+        self._route_lines = 0  # route lines handed to the writer (after sampling)
         self._drain = threading.Thread(target=self._drain_loop, name="moe-route-log", daemon=True)
         self._drain.start()
+        if config.start_on:
+            self.start()
+
+    # ---- the engine's step ------------------------------------------------------------
 
     def end_step(
         self,
@@ -79,13 +165,26 @@ class RouteLogSession:
         positions: np.ndarray,
         input_ids: torch.Tensor,
     ) -> None:
-        """Queue the routes of the forward pass that just ran (``len(positions)`` rows).
+        """Record the forward pass that just ran (``len(positions)`` rows).
 
         ``input_ids`` is the pass's input buffer on the device: under asynchronous
         scheduling the ids of decode tokens exist only there.
         """
-        if self._broken or self._closed:
+        if not self.recording or self._closed:
             return
+        rows = len(positions)
+        self._counts.add(rows)
+        self.steps += 1
+        self._window_steps += 1
+        self._window_tokens += rows
+        self._window_prefill += _prefill_tokens(tokens_per_req, prompt_lens, positions)
+        if self._slots and not self._broken:
+            self._queue_routes(req_ids, tokens_per_req, prompt_lens, positions, input_ids)
+        self._window_last = time.time()
+        if self._window_last - self._window_start >= self._interval_s:
+            self._cut_window()
+
+    def _queue_routes(self, req_ids, tokens_per_req, prompt_lens, positions, input_ids) -> None:
         rows = len(positions)
         try:
             index = self._free.get_nowait()
@@ -100,30 +199,178 @@ class RouteLogSession:
         slot.token_ids[:rows].copy_(input_ids[:rows], non_blocking=True)
         if slot.copied is not None:
             slot.copied.record()
-        self.steps += 1
-        self._pending.put((index, self.steps, req_ids, tokens_per_req, prompt_lens, positions))
+        self._pending.put(
+            _Routes(index, self.steps, req_ids, tokens_per_req, prompt_lens, positions)
+        )
+
+    def _cut_window(self) -> None:
+        """Close the open window (its end: its last pass), on the engine's stream."""
+        now = time.time()
+        self._pending.put(
+            _Window(
+                self._window_start,
+                max(self._window_last, self._window_start),
+                self._window_steps,
+                self._window_tokens,
+                self._window_prefill,
+                self._counts.snapshot(),
+            )
+        )
+        self._window_start = now
+        self._window_steps = self._window_tokens = self._window_prefill = 0
+
+    # ---- run-time control (engine thread, between passes) ------------------------------
+
+    def start(self) -> dict:
+        """Start recording; the dump's totals start again from zero."""
+        if not self.recording and not self._closed:
+            self._pending.put("reset")
+            self._control("start")
+            self._window_start = time.time()
+            self._window_steps = self._window_tokens = self._window_prefill = 0
+            self.recording = True
+        return self.status()
+
+    def stop(self) -> dict:
+        """Stop recording (the open window is written first); nothing is written until start."""
+        if self.recording:
+            self._cut_window()
+            self._control("stop")
+            self.recording = False
+        return self.status()
+
+    def dump(self) -> dict:
+        """Counts since the last start, up to the last pass."""
+        record = self._with_open_window(self._record)
+        return {
+            **self.status(),
+            "counts": record.counts.tolist(),
+            "weight_sums": record.weight_sums.tolist(),
+            "tokens": record.tokens,
+            "prefill_tokens": record.prefill_tokens,
+            "steps": record.steps,
+            "since": record.since,
+        }
+
+    def totals(self) -> dict:
+        """Counts since the engine started (the Prometheus counters), and the last window."""
+        lifetime = self._with_open_window(self._lifetime)
+        with self._lock:
+            last_window = self._last_window
+        return {
+            **self.status(),
+            "counts": lifetime.counts.tolist(),
+            "weight_sums": lifetime.weight_sums.tolist(),
+            "tokens": lifetime.tokens,
+            "last_window": last_window,
+        }
+
+    def _with_open_window(self, totals: _Totals) -> _Totals:
+        """``totals`` plus every window still queued and the open one (read from the device)."""
+        self._flush()
+        with self._lock:
+            merged = replace(
+                totals, counts=totals.counts.copy(), weight_sums=totals.weight_sums.copy()
+            )
+        if self.recording:
+            counts, weight_sums = self._counts.peek()
+            merged.counts += counts
+            merged.weight_sums += weight_sums
+            merged.tokens += self._window_tokens
+            merged.prefill_tokens += self._window_prefill
+            merged.steps += self._window_steps
+        return merged
+
+    def status(self) -> dict:
+        """On/off, mode, files on disk, route lines written, bytes."""
+        files = naming.log_files(self.path)
+        sizes = []
+        for f in files:
+            try:
+                sizes.append(os.path.getsize(f))
+            except OSError:  # rotated away meanwhile
+                sizes.append(0)
+        return {
+            "recording": self.recording,
+            "mode": self.mode,
+            "layers": self.layers,
+            "files": files,
+            "bytes": sum(sizes),
+            "route_lines": self._route_lines,
+            "steps": self.steps,
+        }
+
+    def _control(self, action: str) -> None:
+        self._pending.put(
+            wire.json_frame(
+                wire.LINE,
+                {"type": "control", "action": action, "t": time.time(), "step": self.steps},
+            )
+        )
+
+    def _flush(self) -> None:
+        done = threading.Event()
+        self._pending.put(done)
+        done.wait()
+
+    # ---- the drain thread ----------------------------------------------------------------
 
     def _drain_loop(self) -> None:
         while (item := self._pending.get()) is not None:
-            index, step, req_ids, tokens_per_req, prompt_lens, positions = item
-            slot = self._slots[index]
-            if slot.copied is not None:
-                slot.copied.synchronize()
-            rows = len(positions)
-            if not self._broken:
-                frame = wire.routes_frame(
-                    step,
-                    req_ids,
-                    tokens_per_req,
-                    prompt_lens,
-                    positions,
-                    slot.token_ids[:rows].numpy(),
-                    slot.expert_ids[:rows].numpy(),
-                    slot.weights[:rows].numpy(),
-                    (rows, *self._shape),
-                )
-                self._send(frame)
-            self._free.put(index)
+            if isinstance(item, _Routes):
+                self._drain_routes(item)
+            elif isinstance(item, _Window):
+                self._drain_window(item)
+            elif isinstance(item, threading.Event):
+                item.set()
+            elif item == "reset":
+                with self._lock:
+                    self._record = _Totals.zeros(self._record.counts.shape)
+            elif not self._broken:
+                self._send(item)  # a ready frame
+
+    def _drain_routes(self, item: _Routes) -> None:
+        slot = self._slots[item.slot]
+        if slot.copied is not None:
+            slot.copied.synchronize()
+        rows = len(item.positions)
+        if not self._broken:
+            frame = wire.routes_frame(
+                item.step,
+                item.req_ids,
+                item.tokens_per_req,
+                item.prompt_lens,
+                item.positions,
+                slot.token_ids[:rows].numpy(),
+                slot.expert_ids[:rows].numpy(),
+                slot.weights[:rows].numpy(),
+                (rows, *self._shape),
+            )
+            self._send(frame)
+            sampled = [is_sampled(r, self._sample) for r in item.req_ids]
+            self._route_lines += int(item.tokens_per_req[sampled].sum()) * self._shape[0]
+        self._free.put(item.slot)
+
+    def _drain_window(self, window: _Window) -> None:
+        counts, weight_sums = window.snapshot.read()
+        line = {
+            "type": "counts",
+            "t_start": round(window.t_start, 6),
+            "t_end": round(window.t_end, 6),
+            "steps": window.steps,
+            "tokens": window.tokens,
+            "prefill_tokens": window.prefill_tokens,
+            "layers": self.layers,
+            "counts": counts.tolist(),
+            "weight_sums": np.round(weight_sums, 6).tolist(),
+        }
+        with self._lock:
+            self._record.add(window, counts, weight_sums)
+            self._lifetime.add(window, counts, weight_sums)
+            if window.tokens:
+                self._last_window = line
+        if self.mode == "counts" and window.steps and not self._broken:
+            self._send(wire.json_frame(wire.LINE, line))
 
     def _send(self, frame: list) -> None:
         try:
@@ -139,10 +386,13 @@ class RouteLogSession:
                 )
 
     def close(self) -> None:
-        """Flush every queued step, write the trailer and let the writer finish."""
+        """Flush every queued step and window, write the trailer, let the writer finish."""
         if self._closed:
             return
+        if self.recording:
+            self._cut_window()
         self._closed = True
+        self.recording = False
         self._pending.put(None)
         self._drain.join()
         if not self._broken:
@@ -157,3 +407,13 @@ class RouteLogSession:
                 )
             )
         self._writer.close()
+
+
+def _prefill_tokens(
+    tokens_per_req: np.ndarray, prompt_lens: np.ndarray, positions: np.ndarray
+) -> int:
+    """How many of the pass's rows are prompt tokens (position < the prompt's length)."""
+    starts = np.cumsum(tokens_per_req) - tokens_per_req
+    some = tokens_per_req > 0
+    first = positions[starts[some]]
+    return int(np.clip(prompt_lens[some] - first, 0, tokens_per_req[some]).sum())

@@ -1,8 +1,9 @@
 """Frames on the pipe from the engine process to its writer process.
 
 Each frame: a 16-byte head (magic, kind, payload length) and a payload.
-HEADER and CLOSE carry a JSON object; ROUTES carries one forward pass's routes
-as raw arrays, so the engine side never encodes text.
+HEADER, CLOSE and LINE carry a JSON object (LINE: one log line as it is, e.g. a
+``counts`` window or a ``control`` event); ROUTES carries one forward pass's
+routes as raw arrays, so the engine side never encodes text.
 
 Pure Python + numpy: no torch, no vLLM.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"MRL3"
-HEADER, ROUTES, CLOSE = 1, 2, 3
+HEADER, ROUTES, CLOSE, LINE = 1, 2, 3, 4
 _HEAD = struct.Struct("<4sB3xQ")
 _ROUTES_HEAD = struct.Struct("<qIIII")  # step, tokens, layers, top_k, req json bytes
 EXPERT_DTYPE = np.dtype("<i4")
@@ -39,10 +40,11 @@ class RoutesFrame:
     token_ids: np.ndarray  # per token: the input token id
     expert_ids: np.ndarray  # [tokens, layers, top_k]
     weights: np.ndarray  # [tokens, layers, top_k]
+    token_rows: np.ndarray | None = None  # rows in the pass, when only some are kept
 
 
 def json_frame(kind: int, obj: dict) -> list[bytes]:
-    """Buffers of a HEADER or CLOSE frame."""
+    """Buffers of a HEADER, CLOSE or LINE frame."""
     payload = json.dumps(obj).encode()
     return [_HEAD.pack(MAGIC, kind, len(payload)), payload]
 
@@ -104,7 +106,7 @@ def read_frame(stream) -> tuple[int, bytes] | None:
 
 
 def decode_json(payload: bytes) -> dict:
-    """Payload of a HEADER or CLOSE frame."""
+    """Payload of a HEADER, CLOSE or LINE frame."""
     return json.loads(payload)
 
 

@@ -1,6 +1,7 @@
 """The writer process (frames on stdin -> JSONL on disk) and the engine's handle to it.
 
-``WriterProcess`` starts ``python -c BOOTSTRAP <package parent> <log> <bytes>``:
+``WriterProcess`` starts ``python -c BOOTSTRAP <package parent> <log> <bytes> <max
+bytes> <keep>``:
 the child imports only this package's pure modules and numpy, never vLLM or
 torch. It runs in its own session, so a Ctrl-C aimed at the engine does not cut
 a line in half, and forks once more to leave the engine's process tree, which
@@ -9,9 +10,12 @@ closes the pipe (cleanly, or by dying), after writing everything it received.
 
 In the child, a reader thread moves frames from the pipe into a queue bounded
 in bytes; when the queue is full it stops reading, the pipe fills and the
-engine waits: data is never dropped. The main thread encodes and writes. The
-log file is held under an exclusive ``flock`` until the last byte is written,
-so a reader can wait for a complete log by taking a shared lock.
+engine waits: data is never dropped. The main thread encodes and writes: route
+lines of the sampled requests (the header's ``sample``; all by default), each
+pass's ``request`` lines, and LINE frames as they come. Each log file is held
+under an exclusive ``flock`` until its last byte is written, so a reader can
+wait for a complete file by taking a shared lock. With a size limit the log
+rotates into parts, each complete on its own (``_LogFiles``).
 
 Status bytes on the child's stdout: READY and its pid once the log is open and
 locked; FAILED after an I/O error that it has reported once on stderr (the
@@ -29,7 +33,9 @@ import subprocess
 import sys
 import threading
 
-from . import log_format, wire
+import numpy as np
+
+from . import log_format, naming, wire
 
 READY = b"R"
 FAILED = b"F"
@@ -47,11 +53,18 @@ class WriterStartError(RuntimeError):
 class WriterProcess:
     """The engine's handle: start the writer, send it frames, close its pipe."""
 
-    def __init__(self, path: str, buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        buffer_bytes: int,
+        max_bytes: int | None = None,
+        keep: int | None = None,
+    ) -> None:
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.path = path
+        rotation = [str(max_bytes) if max_bytes else "-", str(keep) if keep else "-"]
         proc = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, package_parent, path, str(buffer_bytes)],
+            [sys.executable, "-c", BOOTSTRAP, package_parent, path, str(buffer_bytes), *rotation],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
@@ -130,84 +143,178 @@ def _say(message: str) -> None:
     print(f"VLLM_LOG_MOE: {message}", file=sys.stderr, flush=True)
 
 
-def run(stream, path: str, buffer_bytes: int, on_ready=lambda: None) -> bool:
+class _LogFiles:
+    """The file the writer appends to: ``path``, or rotating parts of it.
+
+    Each file is held under an exclusive ``flock`` until its last byte. With
+    ``max_bytes``, a part that reaches it gets a trailer and the next part a
+    header of its own; only the newest ``keep`` parts stay on disk.
+    """
+
+    def __init__(self, path: str, max_bytes: int | None, keep: int | None) -> None:
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
+        self.part = 0
+        self.lines = self.tokens = 0  # in the current file
+        self._file = self._open(self._name(0))
+
+    def _name(self, part: int) -> str:
+        return self.path if self.max_bytes is None else naming.part_path(self.path, part)
+
+    @staticmethod
+    def _open(name: str):
+        log = open(name, "wb", buffering=0)  # noqa: SIM115 (closed in rotate/close)
+        fcntl.flock(log, fcntl.LOCK_EX)
+        return log
+
+    @property
+    def name(self) -> str:
+        return self._name(self.part)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) :]
+
+    def full(self) -> bool:
+        return self.max_bytes is not None and self._file.tell() >= self.max_bytes
+
+    def rotate(self, header: dict) -> None:
+        """Close this part with a trailer; open the next one with ``header``."""
+        self.write(
+            log_format.trailer_line(
+                {"reason": "rotated", "part": self.part, "lines": self.lines, "tokens": self.tokens}
+            )
+        )
+        self._file.close()
+        self.part += 1
+        self.lines = self.tokens = 0
+        self._file = self._open(self.name)
+        self.write(log_format.header_line({**header, "part": self.part, "log_path": self.name}))
+        if self.keep is not None and self.part >= self.keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name(self.part - self.keep))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def run(
+    stream,
+    path: str,
+    buffer_bytes: int,
+    on_ready=lambda: None,
+    max_bytes: int | None = None,
+    keep: int | None = None,
+) -> bool:
     """Copy frames from ``stream`` into the JSONL log at ``path``; False after an I/O error."""
     try:
-        log = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by the with below)
+        files = _LogFiles(path, max_bytes, keep)
     except OSError as e:
         _say(f"cannot open {path}: {e.strerror or e}")
         return False
     frames = _BoundedQueue(buffer_bytes)
     pump_errors: list[str] = []
-    lines = tokens = 0
-    layers: list[int] = []
-    previous_pass: set[str] = set()  # requests of the last logged pass
+    header: dict = {}
+    previous_pass: set[str] = set()  # requests of the last written pass
     closed = False
-    with log:
-        fcntl.flock(log, fcntl.LOCK_EX)
-        on_ready()
-        threading.Thread(target=_pump, args=(stream, frames, pump_errors), daemon=True).start()
-        try:
-            while (frame := frames.get()) is not None:
-                kind, payload = frame
-                if kind == wire.HEADER:
-                    meta = wire.decode_json(payload)
-                    layers = meta["layers"]
-                    _write_all(log, log_format.header_line(meta))
-                elif kind == wire.ROUTES:
-                    r = wire.decode_routes(payload)
-                    new = [i for i, req in enumerate(r.req_ids) if req not in previous_pass]
-                    previous_pass = set(r.req_ids)
-                    _write_all(
-                        log,
-                        log_format.request_lines(
-                            r.step, [r.req_ids[i] for i in new], r.prompt_lens[new]
-                        )
-                        + log_format.encode_routes(
-                            r.step,
-                            layers,
-                            r.req_ids,
-                            r.tokens_per_req,
-                            r.positions,
-                            r.token_ids,
-                            r.expert_ids,
-                            r.weights,
-                        ),
+    on_ready()
+    threading.Thread(target=_pump, args=(stream, frames, pump_errors), daemon=True).start()
+    try:
+        while (frame := frames.get()) is not None:
+            kind, payload = frame
+            if kind == wire.HEADER:
+                header = wire.decode_json(payload)
+                if max_bytes is not None:
+                    header.update(part=0, log_path=files.name)
+                files.write(log_format.header_line(header))
+            elif kind == wire.ROUTES:
+                r = _sampled(wire.decode_routes(payload), header.get("sample", 1.0))
+                if r is None:
+                    continue
+                new = [i for i, req in enumerate(r.req_ids) if req not in previous_pass]
+                previous_pass = set(r.req_ids)
+                files.write(
+                    log_format.request_lines(
+                        r.step, [r.req_ids[i] for i in new], r.prompt_lens[new]
                     )
-                    lines += r.expert_ids.shape[0] * r.expert_ids.shape[1]
-                    tokens += r.expert_ids.shape[0]
-                elif kind == wire.CLOSE:
-                    stats = wire.decode_json(payload)
-                    stats.update(
-                        lines=lines,
-                        tokens=tokens,
-                        writer_buffer_peak_mb=round(frames.peak / 2**20, 3),
-                        writer_buffer_full_waits=frames.full_waits,
+                    + log_format.encode_routes(
+                        r.step,
+                        header["layers"],
+                        r.req_ids,
+                        r.tokens_per_req,
+                        r.positions,
+                        r.token_ids,
+                        r.expert_ids,
+                        r.weights,
+                        r.token_rows,
                     )
-                    _write_all(log, log_format.trailer_line(stats))
-                    closed = True
-                    break
-        except OSError as e:
-            _say(
-                f"writing {path} failed ({e.strerror or e}); route logging stopped after "
-                f"{lines} route lines; generation carries on."
-            )
-            return False
+                )
+                files.lines += r.expert_ids.shape[0] * r.expert_ids.shape[1]
+                files.tokens += r.expert_ids.shape[0]
+            elif kind == wire.LINE:
+                files.write(log_format.json_line(wire.decode_json(payload)))
+            elif kind == wire.CLOSE:
+                stats = wire.decode_json(payload)
+                stats.update(
+                    lines=files.lines,
+                    tokens=files.tokens,
+                    writer_buffer_peak_mb=round(frames.peak / 2**20, 3),
+                    writer_buffer_full_waits=frames.full_waits,
+                )
+                if max_bytes is not None:
+                    stats.update(part=files.part)
+                files.write(log_format.trailer_line(stats))
+                closed = True
+                break
+            if files.full():
+                files.rotate(header)
+                previous_pass = set()  # every part names its requests' prompt lengths
+    except OSError as e:
+        _say(
+            f"writing {files.name} failed ({e.strerror or e}); route logging stopped after "
+            f"{files.lines} route lines in that file; generation carries on."
+        )
+        return False
+    finally:
+        files.close()
     if not closed:
         why = f"its pipe broke ({pump_errors[0]})" if pump_errors else "it exited"
-        _say(f"the engine went away ({why}); {path} has {lines} route lines and no trailer.")
+        _say(
+            f"the engine went away ({why}); {files.name} has {files.lines} route lines "
+            "and no trailer."
+        )
     return True
 
 
-def _write_all(log, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[log.write(view) :]
+def _sampled(r: wire.RoutesFrame, fraction: float) -> wire.RoutesFrame | None:
+    """The pass's rows of sampled requests only (None: no request of it is sampled)."""
+    r.token_rows = None
+    if fraction >= 1.0:
+        return r
+    keep = np.array([log_format.is_sampled(req, fraction) for req in r.req_ids], dtype=bool)
+    if keep.all():
+        return r
+    if not keep.any():
+        return None
+    rows = np.repeat(keep, r.tokens_per_req)
+    return wire.RoutesFrame(
+        r.step,
+        [req for req, k in zip(r.req_ids, keep, strict=True) if k],
+        r.tokens_per_req[keep],
+        r.prompt_lens[keep],
+        r.positions[rows],
+        r.token_ids[rows],
+        r.expert_ids[rows],
+        r.weights[rows],
+        np.flatnonzero(rows),
+    )
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the writer process: ``<log path> <buffer bytes>``."""
+    """Entry point of the writer process: ``<log path> <buffer bytes> [<max bytes> <keep>]``."""
     path, buffer_bytes = argv[0], int(argv[1])
+    max_bytes = int(argv[2]) if len(argv) > 2 and argv[2] != "-" else None
+    keep = int(argv[3]) if len(argv) > 3 and argv[3] != "-" else None
     if os.fork():
         os._exit(0)  # the engine reaps this parent at once; the child works on
 
@@ -215,7 +322,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.buffer.write(READY + str(os.getpid()).encode() + b"\n")
         sys.stdout.buffer.flush()
 
-    if run(sys.stdin.buffer, path, buffer_bytes, ready):
+    if run(sys.stdin.buffer, path, buffer_bytes, ready, max_bytes, keep):
         return 0
     with contextlib.suppress(OSError):
         sys.stdout.buffer.write(FAILED)

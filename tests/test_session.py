@@ -1,0 +1,158 @@
+"""The engine side of a log (session.py) on CPU tensors: counts, windows, start/stop/dump.
+
+The session runs exactly as in an engine process, with a real writer process;
+only the model is missing: each test writes routes into the session's buffers
+the way the recorder does, then calls ``end_step`` like the model runner.
+"""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from moe_route_log import control
+from moe_route_log.envs import read_config
+from moe_route_log.session import RouteLogSession, _prefill_tokens
+
+from moe_profiler import routes
+
+LAYERS, EXPERTS, TOP_K, ROWS = [3, 5], 8, 2, 32
+
+
+def make_session(tmp_path, **env) -> RouteLogSession:
+    config = read_config({"VLLM_LOG_MOE": str(tmp_path / "log.jsonl"), **env})
+    meta = {
+        "layers": LAYERS,
+        "num_layers": 6,
+        "num_experts": EXPERTS,
+        "top_k": TOP_K,
+        "model_name": "test/model",
+        "hostname": "host",
+        "ranks": {"dp": 0, "pp": 0, "tp": 0},
+        "mode": config.mode,
+        "sample": config.sample,
+    }
+    return RouteLogSession(config, meta, ROWS, len(LAYERS), TOP_K, EXPERTS, torch.device("cpu"))
+
+
+def run_pass(session, rng, reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12))) -> np.ndarray:
+    """One pass: (req_id, tokens, first position, prompt length) per request; its routes."""
+    rows = sum(r[1] for r in reqs)
+    ids = np.stack([rng.permutation(EXPERTS)[:TOP_K] for _ in range(rows * len(LAYERS))])
+    ids = ids.reshape(rows, len(LAYERS), TOP_K)
+    session.buffers.expert_ids[:rows] = torch.from_numpy(ids.astype(np.int32))
+    session.buffers.weights[:rows] = 0.25
+    session.buffers.expert_ids[rows:] = 7  # padding rows: never counted
+    positions = np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs])
+    session.end_step(
+        [r[0] for r in reqs],
+        np.array([r[1] for r in reqs]),
+        np.array([r[3] for r in reqs]),
+        positions,
+        torch.arange(ROWS, dtype=torch.int32) + 100,
+    )
+    return ids
+
+
+def bincount(ids: np.ndarray) -> list[list[int]]:
+    return [np.bincount(ids[:, i].ravel(), minlength=EXPERTS).tolist() for i in range(len(LAYERS))]
+
+
+def lines_of(session, path):
+    session.close()
+    routes.wait_until_complete(path, timeout=60)
+    return [json.loads(line) for line in open(path)]
+
+
+def test_dump_counts_every_recorded_pass_and_start_resets_them(tmp_path):
+    s = make_session(tmp_path)
+    rng = np.random.default_rng(0)
+    first = np.concatenate([run_pass(s, rng) for _ in range(3)])
+    dump = s.dump()
+    assert dump["counts"] == bincount(first)
+    assert dump["tokens"] == 18 and dump["steps"] == 3
+    assert dump["prefill_tokens"] == 3 * 5  # request a: positions 0-4 < 7; b: 40 >= 12
+    assert dump["weight_sums"] == (np.array(bincount(first)) * 0.25).tolist()
+    assert dump["recording"] is True and dump["layers"] == LAYERS
+    s.stop()
+    run_pass(s, rng)  # stopped: nothing happens
+    assert s.dump()["counts"] == bincount(first) and s.status()["recording"] is False
+    s.start()
+    second = run_pass(s, rng)
+    assert s.dump()["counts"] == bincount(second)  # start: the record begins again
+    lines = lines_of(s, tmp_path / "log.jsonl")
+    route_lines = [r for r in lines if r["type"] == "route"]
+    assert [r["step"] for r in route_lines[:: len(LAYERS)]] == [1] * 6 + [2] * 6 + [3] * 6 + [4] * 6
+    assert [(r["action"], r["step"]) for r in lines if r["type"] == "control"] == [
+        ("start", 0),
+        ("stop", 3),
+        ("start", 3),
+    ]
+    assert all(r["tok"] == 100 + r["token"] for r in route_lines)
+    assert not [r for r in lines if r["type"] == "counts"], "routes mode writes no counts lines"
+    assert lines[-1]["type"] == "end" and lines[-1]["lines"] == 24 * len(LAYERS)
+
+
+def test_counts_mode_writes_windows_and_no_routes(tmp_path):
+    s = make_session(tmp_path, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_INTERVAL_S="0.2")
+    rng = np.random.default_rng(1)
+    ids = [run_pass(s, rng)]
+    time.sleep(0.25)
+    ids.append(run_pass(s, rng))  # this pass closes the first window
+    ids.append(run_pass(s, rng))
+    ids.append(run_pass(s, rng))
+    totals = s.dump()["counts"]
+    lines = lines_of(s, tmp_path / "log.jsonl")
+    windows = [r for r in lines if r["type"] == "counts"]
+    assert not [r for r in lines if r["type"] in ("route", "request")]
+    assert [w["steps"] for w in windows] == [2, 2]  # cut by the interval, then at close
+    assert windows[0]["counts"] == bincount(np.concatenate(ids[:2]))
+    assert windows[1]["counts"] == bincount(np.concatenate(ids[2:]))
+    assert totals == bincount(np.concatenate(ids))
+    assert [w["tokens"] for w in windows] == [12, 12] and windows[0]["prefill_tokens"] == 10
+    assert windows[0]["layers"] == LAYERS and windows[0]["t_end"] <= windows[1]["t_start"] + 1e-6
+    assert windows[0]["weight_sums"] == (np.array(windows[0]["counts"]) * 0.25).tolist()
+
+
+def test_start_off_records_nothing_until_started(tmp_path):
+    s = make_session(tmp_path, VLLM_LOG_MOE_START="off")
+    rng = np.random.default_rng(2)
+    assert s.recording is False
+    run_pass(s, rng)
+    assert s.dump()["counts"] == [[0] * EXPERTS] * len(LAYERS)
+    s.start()
+    ids = run_pass(s, rng)
+    assert s.dump()["counts"] == bincount(ids)
+    lines = lines_of(s, tmp_path / "log.jsonl")
+    assert {r["step"] for r in lines if r["type"] == "route"} == {1}
+
+
+def test_merged_answers_are_sglang_logical_counts(tmp_path):
+    s = make_session(tmp_path)
+    ids = run_pass(s, np.random.default_rng(3))
+    answer = {**s.identity, **s.dump()}
+    merged = control.merge([None, answer])  # a tensor-parallel peer answers None
+    assert len(merged["logical_count"]) == 6 and len(merged["logical_count"][0]) == EXPERTS
+    assert merged["logical_count"][3] == bincount(ids)[0]
+    assert merged["logical_count"][5] == bincount(ids)[1]
+    assert merged["logical_count"][0] == [0] * EXPERTS  # a layer nobody logged
+    assert merged["tokens"] == 6 and merged["processes"] == ["host:dp0-pp0"]
+    second_stage = {**answer, "ranks": {"dp": 0, "pp": 1, "tp": 0}, "layers": [0]}
+    both = control.merge([answer, second_stage])
+    assert both["tokens"] == 6, "pipeline stages see the same tokens: counted once"
+    assert both["logical_count"][0] == bincount(ids)[0]
+    with pytest.raises(control.NotLoggingError, match="set VLLM_LOG_MOE"):
+        control.merge([None, None])
+    s.close()
+
+
+def test_prefill_tokens_of_a_pass():
+    # request 1: positions 5..9 of a 7-token prompt (2 prefill); request 2: decode; 3: all prompt
+    assert (
+        _prefill_tokens(
+            np.array([5, 1, 3]), np.array([7, 4, 10]), np.array([5, 6, 7, 8, 9, 30, 0, 1, 2])
+        )
+        == 2 + 0 + 3
+    )
+    assert _prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
