@@ -141,6 +141,8 @@ def iter_routes(
             if kind == "request" and schema3:
                 prompt_len[rec.get("req_id")] = rec.get("prompt_len")
                 continue
+            if kind in ("control", "counts") and schema3:
+                continue  # run-time start/stop; counts windows (not routes)
             if kind != "route":
                 problem(line_no, f"unexpected line type {kind!r}")
                 continue

@@ -91,7 +91,7 @@ def test_header_and_trailer(all_layers_run):
     log, got = read_log(log_path)
     h = log.header
     assert (h["schema"], h["vllm_version"], h["model_id"], h["seed"], h["req_id"]) == (
-        2,
+        3,
         "0.15.1",
         "tiny/qwen2-moe",
         1234,
@@ -132,6 +132,20 @@ def test_every_token_once_per_layer(all_layers_run):
     assert_one_line_per_token_and_layer(records, got, [0, 1, 2])
     steps = [r.step for r in got]
     assert steps == sorted(steps) and steps[0] == 1  # start-up passes never reach the log
+
+
+def test_token_ids_and_phase_are_vllms(all_layers_run):
+    """tok: the input token id at each position (prompt, then the outputs fed back);
+    prefill: exactly the prompt positions."""
+    records, log_path, _ = all_layers_run
+    _, got = read_log(log_path)
+    by_request = {rec["request_id"]: rec for rec in records}
+    for route in got:
+        rec = by_request[route.request]
+        sequence = rec["prompt_token_ids"] + rec["token_ids"]
+        assert route.tok == sequence[route.pos]
+        assert route.prefill == (route.pos < len(rec["prompt_token_ids"]))
+    assert {r.prefill for r in got} == {True, False}
 
 
 def test_logging_does_not_change_outputs(all_layers_run, unpatched_tokens):

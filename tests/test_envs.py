@@ -91,6 +91,8 @@ def test_production_settings(tmp_path):
     assert (c.mode, c.interval_s, c.start_on) == ("counts", 0.25, False)
     assert (c.max_bytes, c.keep, c.sample) == (64 << 20, 3, 0.01)
     assert config(tmp_path, VLLM_LOG_MOE_SAMPLE="1").sample == 1.0
+    assert config(tmp_path, VLLM_LOG_MOE_ENCODERS="3").encoders == 3
+    assert config(tmp_path).encoders == max(1, min(4, (os.cpu_count() or 1) // 8))  # auto
 
 
 @pytest.mark.parametrize(
@@ -108,6 +110,8 @@ def test_production_settings(tmp_path):
         ("VLLM_LOG_MOE_SAMPLE", "1%", "a number > 0 and <= 1"),
         ("VLLM_LOG_MOE_MAX_MB", "0", "an integer >= 1"),
         ("VLLM_LOG_MOE_MAX_MB", "1.5", "an integer"),
+        ("VLLM_LOG_MOE_ENCODERS", "0", "'auto' or an integer from 1 to 64"),
+        ("VLLM_LOG_MOE_ENCODERS", "many", "'auto' or an integer from 1 to 64"),
     ],
 )
 def test_bad_production_settings(tmp_path, name, value, accepted):
@@ -164,5 +168,6 @@ def test_every_variable_is_documented():
         "VLLM_LOG_MOE_MAX_MB",
         "VLLM_LOG_MOE_KEEP",
         "VLLM_LOG_MOE_SAMPLE",
+        "VLLM_LOG_MOE_ENCODERS",
     }
     assert all(len(doc) > 30 for _, doc in envs.ENV_VARS.values())

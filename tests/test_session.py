@@ -41,9 +41,9 @@ def run_pass(session, rng, reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12))) -> np.nd
     rows = sum(r[1] for r in reqs)
     ids = np.stack([rng.permutation(EXPERTS)[:TOP_K] for _ in range(rows * len(LAYERS))])
     ids = ids.reshape(rows, len(LAYERS), TOP_K)
-    session.buffers.expert_ids[:rows] = torch.from_numpy(ids.astype(np.int32))
-    session.buffers.weights[:rows] = 0.25
-    session.buffers.expert_ids[rows:] = 7  # padding rows: never counted
+    session.buffers.expert_ids[:, :rows] = torch.from_numpy(ids.astype(np.int32)).transpose(0, 1)
+    session.buffers.weights[:, :rows] = 0.25
+    session.buffers.expert_ids[:, rows:] = 7  # padding rows: never counted
     positions = np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs])
     session.end_step(
         [r[0] for r in reqs],
@@ -71,7 +71,7 @@ def test_dump_counts_every_recorded_pass_and_start_resets_them(tmp_path):
     first = np.concatenate([run_pass(s, rng) for _ in range(3)])
     dump = s.dump()
     assert dump["counts"] == bincount(first)
-    assert dump["tokens"] == 18 and dump["steps"] == 3
+    assert dump["tokens"] == 18 and dump["record_steps"] == 3 and dump["steps"] == 3
     assert dump["prefill_tokens"] == 3 * 5  # request a: positions 0-4 < 7; b: 40 >= 12
     assert dump["weight_sums"] == (np.array(bincount(first)) * 0.25).tolist()
     assert dump["recording"] is True and dump["layers"] == LAYERS
@@ -85,7 +85,6 @@ def test_dump_counts_every_recorded_pass_and_start_resets_them(tmp_path):
     route_lines = [r for r in lines if r["type"] == "route"]
     assert [r["step"] for r in route_lines[:: len(LAYERS)]] == [1] * 6 + [2] * 6 + [3] * 6 + [4] * 6
     assert [(r["action"], r["step"]) for r in lines if r["type"] == "control"] == [
-        ("start", 0),
         ("stop", 3),
         ("start", 3),
     ]

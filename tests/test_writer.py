@@ -22,6 +22,7 @@ META = {"layers": [0, 2], "num_experts": 16, "top_k": 2, "run_id": "t"}
 def frame(step, tokens, rng=None, layers=2, top_k=2):
     rng = rng or np.random.default_rng(step)
     ids = np.stack([rng.permutation(16)[:top_k] for _ in range(tokens * layers)]).astype(np.int32)
+    ids = ids.reshape(tokens, layers, top_k)
     weights = rng.random((tokens, layers, top_k)).astype(np.float32)
     counts = np.array([tokens])
     return wire.routes_frame(
@@ -31,8 +32,7 @@ def frame(step, tokens, rng=None, layers=2, top_k=2):
         np.array([tokens // 2]),
         np.arange(tokens),
         np.arange(tokens, dtype=np.int32) + 100,
-        ids,
-        weights,
+        wire.pack_routes(ids, weights),
         (tokens, layers, top_k),
     )
 
@@ -199,8 +199,7 @@ def multi_request_frame(step, req_ids, tokens_each=3, layers=2, top_k=2):
         np.full(len(req_ids), 1),
         np.tile(np.arange(tokens_each), len(req_ids)),
         np.arange(n, dtype=np.int32),
-        ids,
-        weights,
+        wire.pack_routes(ids, weights),
         (n, layers, top_k),
     )
 
@@ -289,3 +288,32 @@ def test_line_frames_are_written_as_they_are(tmp_path):
     lines = read_lines(path)
     assert lines[1:3] == [window, {"type": "control", "action": "stop", "t": 3.0, "step": 9}]
     assert lines[-1]["type"] == "end" and lines[-1]["lines"] == 0
+
+
+@pytest.mark.parametrize("encoders", [2, 3])
+def test_encoder_processes_write_the_same_log(tmp_path, encoders):
+    """A pool of encoder processes: the same bytes as one, rotation and sampling included."""
+    logs = {}
+    for n in (1, encoders):
+        path = tmp_path / f"e{n}" / "log.jsonl"
+        path.parent.mkdir()
+        w = WriterProcess(str(path), buffer_bytes=1 << 20, max_bytes=10_000, encoders=n)
+        w.send(wire.json_frame(wire.HEADER, {**META, "sample": 0.5}))
+        for step in range(1, 31):
+            req_ids = [f"r{step % 4}-{i}-x" for i in range(step % 5 + 1)]
+            w.send(multi_request_frame(step, req_ids, tokens_each=6))
+            if step == 17:
+                w.send(wire.json_frame(wire.LINE, {"type": "control", "action": "stop"}))
+        w.send(wire.json_frame(wire.CLOSE, {"steps": 30}))
+        w.close()
+        wait_for_exit(w)
+        logs[n] = [
+            p.read_bytes().replace(str(path.parent).encode(), b"DIR")
+            for p in sorted(path.parent.glob("log.p*.jsonl"))
+        ]
+    assert len(logs[1]) > 2 and logs[encoders][:-1] == logs[1][:-1]
+    last_1, last_n = (
+        [json.loads(x) for x in b.splitlines()] for b in (logs[1][-1], logs[encoders][-1])
+    )
+    assert last_1[:-1] == last_n[:-1]  # the trailers differ in writer_encoders and CPU time
+    assert last_n[-1]["writer_encoders"] == encoders and last_1[-1]["lines"] == last_n[-1]["lines"]

@@ -45,6 +45,7 @@ def merge(answers: list[dict | None]) -> dict:
         "files": [f for a in logging for f in a["files"]],
         "bytes": sum(a["bytes"] for a in logging),
         "route_lines": sum(a["route_lines"] for a in logging),
+        "last_step": [a["steps"] for a in logging],  # per process, in `processes` order
     }
     if "counts" in first:
         rows, cols = first["num_layers"], first["num_experts"]

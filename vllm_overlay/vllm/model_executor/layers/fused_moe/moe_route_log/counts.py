@@ -1,9 +1,9 @@
 """Expert counts on the device: per logged layer and expert, tokens and weight sums.
 
 After each pass ``add`` folds the pass's real rows of the route buffers into two
-device accumulators with three kernels (offset the ids by layer, two
-``index_add_``), on the engine's stream, with no host sync and no per-step
-allocation. ``snapshot`` copies the accumulators into a pinned host slot, zeroes
+device accumulators with four kernels (offset the ids by layer, gather the
+weights, two ``index_add_``), on the engine's stream, with no host sync and no
+per-step allocation. ``snapshot`` copies the accumulators into a pinned host slot, zeroes
 them and records an event: a window is cut in stream order, exactly between two
 passes, and the host reads it once the event has completed.
 """
@@ -45,16 +45,17 @@ class DeviceExpertCounts:
     """Accumulates ``buffers``' routes per (logged layer, expert) on their device."""
 
     def __init__(self, buffers: RouteBuffers, num_experts: int) -> None:
-        rows, layers, top_k = buffers.expert_ids.shape
-        device = buffers.expert_ids.device
+        layers, rows, top_k = buffers.expert_ids.shape
+        device = buffers.routes.device
         self.shape = (layers, num_experts)
         self._buffers = buffers
         self._counts = torch.zeros(layers * num_experts, dtype=torch.int64, device=device)
         self._weight_sums = torch.zeros(layers * num_experts, dtype=torch.float32, device=device)
         offsets = torch.arange(layers, dtype=torch.int64, device=device) * num_experts
-        self._offsets = offsets.view(1, layers, 1)
-        self._index = torch.empty((rows, layers, top_k), dtype=torch.int64, device=device)
-        self._ones = torch.ones(rows * layers * top_k, dtype=torch.int64, device=device)
+        self._offsets = offsets.view(layers, 1, 1)
+        self._index = torch.empty(layers * rows * top_k, dtype=torch.int64, device=device)
+        self._weights = torch.empty(layers * rows * top_k, dtype=torch.float32, device=device)
+        self._ones = torch.ones(layers * rows * top_k, dtype=torch.int64, device=device)
         cuda = device.type == "cuda"
         self._slots = [
             (
@@ -72,11 +73,15 @@ class DeviceExpertCounts:
         """Count the first ``rows`` rows of the route buffers (the pass's real tokens)."""
         if rows == 0:
             return
-        index = self._index[:rows]
-        torch.add(self._buffers.expert_ids[:rows], self._offsets, out=index)
-        flat = index.view(-1)
-        self._counts.index_add_(0, flat, self._ones[: flat.numel()])
-        self._weight_sums.index_add_(0, flat, self._buffers.weights[:rows].reshape(-1))
+        layers, _, top_k = self._buffers.expert_ids.shape
+        n = layers * rows * top_k
+        index, weights = self._index[:n], self._weights[:n]
+        torch.add(
+            self._buffers.expert_ids[:, :rows], self._offsets, out=index.view(layers, rows, top_k)
+        )
+        weights.view(layers, rows, top_k).copy_(self._buffers.weights[:, :rows])
+        self._counts.index_add_(0, index, self._ones[:n])
+        self._weight_sums.index_add_(0, index, weights)
 
     def peek(self) -> tuple[np.ndarray, np.ndarray]:
         """The open window's counts and weight sums, read now (waits for the device)."""

@@ -137,15 +137,9 @@ def _encode_block(step, tokens, layers, req_strings, positions, token_ids, ids, 
         per_token(_ints(token_ids)),
         _const(',"experts":[', lines),
     ]
-    flat_ids = ids.reshape(lines, top_k)
-    for j in range(top_k):
-        pieces += [_const(",", lines)] if j else []
-        pieces.append(_ints(flat_ids[:, j]))
+    pieces.append(_int_list(ids.reshape(lines, top_k)))
     pieces.append(_const('],"weights":[', lines))
-    flat_weights = weights.reshape(lines, top_k)
-    for j in range(top_k):
-        pieces += [_const(",", lines)] if j else []
-        pieces.append(_decimals(flat_weights[:, j]))
+    pieces.append(_decimal_list(weights.reshape(lines, top_k)))
     pieces.append(_const("]}\n", lines))
     matrix = np.concatenate(pieces, axis=1).ravel()
     return matrix[matrix != _PAD].tobytes()
@@ -169,23 +163,71 @@ def _ints(values: np.ndarray) -> np.ndarray:
     return digits
 
 
+def _lookup_table(width: int, size: int) -> np.ndarray:
+    """``[size, width]`` ASCII digit rows of 0..size-1, leading zeros as padding."""
+    return _ints(np.arange(size))[:, -width:] if size > 1 else np.full((1, width), 48, np.uint8)
+
+
+_SMALL = 1000  # ids below this come from a table: expert ids, layers, whole weights
+_SMALL_DIGITS = _lookup_table(3, _SMALL)
+_FRACTIONS: np.ndarray | None = None  # [10**WEIGHT_DECIMALS, WEIGHT_DECIMALS], built once
+
+
+def _fraction_table() -> np.ndarray:
+    """Every fraction 0..999999 as its decimals with trailing zeros dropped (one kept)."""
+    global _FRACTIONS
+    if _FRACTIONS is None:
+        frac = np.arange(10**WEIGHT_DECIMALS, dtype=np.int64)
+        powers = 10 ** np.arange(WEIGHT_DECIMALS - 1, -1, -1, dtype=np.int64)
+        digits = (frac[:, None] // powers % 10 + 48).astype(np.uint8)
+        trailing = (digits == ord("0")) & (frac[:, None] % powers == 0)
+        trailing[:, 0] = False  # keep one decimal: 1.0, 0.5
+        digits[trailing] = _PAD
+        _FRACTIONS = digits
+    return _FRACTIONS
+
+
+def _int_list(values: np.ndarray) -> np.ndarray:
+    """``[lines, k]`` non-negative ints -> rows ``a,b,...`` (the JSON list's inside)."""
+    lines, k = values.shape
+    if values.size and values.min() >= 0 and values.max() < _SMALL:
+        cells = np.empty((lines, k, 4), dtype=np.uint8)
+        cells[:, :, :3] = _SMALL_DIGITS[values]
+    else:
+        digits = _ints(values.ravel())
+        cells = np.empty((lines, k, digits.shape[1] + 1), dtype=np.uint8)
+        cells[:, :, :-1] = digits.reshape(lines, k, -1)
+    cells[:, :, -1] = ord(",")
+    cells[:, -1, -1] = _PAD
+    return cells.reshape(lines, -1)
+
+
+def _decimal_list(values: np.ndarray) -> np.ndarray:
+    """``[lines, k]`` floats -> rows of JSON numbers with WEIGHT_DECIMALS decimals, ``a,b,...``."""
+    lines, k = values.shape
+    cells = _decimals(values.ravel())
+    out = np.empty((lines, k, cells.shape[1] + 1), dtype=np.uint8)
+    out[:, :, :-1] = cells.reshape(lines, k, -1)
+    out[:, :, -1] = ord(",")
+    out[:, -1, -1] = _PAD
+    return out.reshape(lines, -1)
+
+
 def _decimals(values: np.ndarray) -> np.ndarray:
     """Floats -> JSON numbers with WEIGHT_DECIMALS decimals, trailing zeros dropped."""
     if not np.all(np.isfinite(values)):
         raise ValueError("non-finite router weight")
     scaled = np.rint(np.abs(values) * 10**WEIGHT_DECIMALS).astype(np.int64)
     whole, frac = np.divmod(scaled, 10**WEIGHT_DECIMALS)
-    sign = np.where(values < 0, ord("-"), _PAD).astype(np.uint8)[:, None]
-    negative_zero = (values < 0) & (scaled == 0)
-    sign[negative_zero] = _PAD
-    powers = 10 ** np.arange(WEIGHT_DECIMALS - 1, -1, -1, dtype=np.int64)
-    frac_digits = (frac[:, None] // powers % 10 + 48).astype(np.uint8)
-    rest = frac[:, None] % powers  # value of the digits right of each position
-    trailing = (frac_digits == ord("0")) & (rest == 0)
-    trailing[:, 0] = False  # keep one decimal: 1.0, 0.5
-    frac_digits[trailing] = _PAD
-    point = np.full((len(values), 1), ord("."), dtype=np.uint8)
-    return np.concatenate([sign, _ints(whole), point, frac_digits], axis=1)
+    negative = (values < 0) & (scaled > 0)  # -0.0000001 rounds to 0.0, unsigned
+    whole_digits = _SMALL_DIGITS[whole] if whole.size and whole.max() < _SMALL else _ints(whole)
+    width = 1 + whole_digits.shape[1] + 1 + WEIGHT_DECIMALS
+    out = np.empty((len(values), width), dtype=np.uint8)
+    out[:, 0] = np.where(negative, ord("-"), _PAD)
+    out[:, 1 : 1 + whole_digits.shape[1]] = whole_digits
+    out[:, -WEIGHT_DECIMALS - 1] = ord(".")
+    out[:, -WEIGHT_DECIMALS:] = _fraction_table()[frac]
+    return out
 
 
 def _string_table(strings: Sequence[str]) -> np.ndarray:

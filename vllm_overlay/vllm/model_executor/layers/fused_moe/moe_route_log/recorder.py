@@ -1,8 +1,11 @@
-"""Device side: each logged FusedMoE layer copies its routes into static buffers.
+"""Device side: each logged FusedMoE layer copies its routes into one static buffer.
 
-The copy is a few device ops on fixed addresses, so it is captured into CUDA
-graphs and replayed with them: no host sync, no Python at replay. Rows beyond a
-step's real tokens (graph padding) are written too and simply never read.
+``RouteBuffers.routes`` is ``[layers, rows, 2 * top_k]`` int32: a layer's expert
+ids, then the bits of its float32 weights. One ``torch.cat`` into the layer's
+contiguous block writes both, so a logged layer costs one device kernel per
+pass; it runs on fixed addresses, so it is captured into CUDA graphs and replayed
+with them: no host sync, no Python at replay. Rows beyond a pass's real tokens
+(graph padding) are written too and simply never read.
 
 Under torch.compile without a custom-op boundary around the MoE layer (the CPU
 build), the copy goes through the registered op ``vllm.moe_route_record``,
@@ -18,24 +21,32 @@ from vllm.utils.torch_utils import direct_register_custom_op
 
 
 class RouteBuffers:
-    """Expert ids and weights of one forward pass: ``[rows, layers, top_k]``."""
+    """The routes of one forward pass: ``routes`` ``[layers, rows, 2 * top_k]`` int32."""
 
     def __init__(self, rows: int, num_layers: int, top_k: int, device: torch.device):
-        shape = (rows, num_layers, top_k)
-        self.expert_ids = torch.zeros(shape, dtype=torch.int32, device=device)
-        self.weights = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.top_k = top_k
+        self.routes = torch.zeros((num_layers, rows, 2 * top_k), dtype=torch.int32, device=device)
+
+    @property
+    def expert_ids(self) -> torch.Tensor:
+        """``[layers, rows, top_k]`` int32 view."""
+        return self.routes[..., : self.top_k]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``[layers, rows, top_k]`` float32 view."""
+        return self.routes[..., self.top_k :].view(torch.float32)
 
 
 def store_routes(
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
-    ids_buffer: torch.Tensor,
-    weights_buffer: torch.Tensor,
+    routes: torch.Tensor,
     slot: int,
     row_offset: int,
     gathered_dp_rank: int,
 ) -> None:
-    """Copy one layer's routes into buffer column ``slot`` from ``row_offset`` on.
+    """Copy one layer's routes into ``routes[slot]`` from row ``row_offset`` on.
 
     ``gathered_dp_rank`` >= 0: the rows are every data-parallel rank's tokens
     (naive dispatch), and only that rank's share is stored.
@@ -45,16 +56,20 @@ def store_routes(
         start = sum(counts[:gathered_dp_rank])
         end = start + counts[gathered_dp_rank]
         topk_ids, topk_weights = topk_ids[start:end], topk_weights[start:end]
-    rows = min(topk_ids.shape[0], ids_buffer.shape[0] - row_offset)
-    ids_buffer[row_offset : row_offset + rows, slot].copy_(topk_ids[:rows])
-    weights_buffer[row_offset : row_offset + rows, slot].copy_(topk_weights[:rows])
+    rows = min(topk_ids.shape[0], routes.shape[1] - row_offset)
+    block = routes[slot, row_offset : row_offset + rows]
+    if topk_ids.dtype == torch.int32 and topk_weights.dtype == torch.float32:
+        torch.cat([topk_ids[:rows], topk_weights[:rows].view(torch.int32)], dim=1, out=block)
+    else:  # other dtypes (int64 ids, bf16 weights): convert, two kernels
+        top_k = topk_ids.shape[1]
+        block[:, :top_k].copy_(topk_ids[:rows])
+        block[:, top_k:].view(torch.float32).copy_(topk_weights[:rows])
 
 
 def _store_routes_fake(
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
-    ids_buffer: torch.Tensor,
-    weights_buffer: torch.Tensor,
+    routes: torch.Tensor,
     slot: int,
     row_offset: int,
     gathered_dp_rank: int,
@@ -65,7 +80,7 @@ def _store_routes_fake(
 direct_register_custom_op(
     op_name="moe_route_record",
     op_func=store_routes,
-    mutates_args=["ids_buffer", "weights_buffer"],
+    mutates_args=["routes"],
     fake_impl=_store_routes_fake,
 )
 
@@ -97,8 +112,7 @@ class LayerRecorder:
         args = (
             topk_ids,
             topk_weights,
-            self.buffers.expert_ids,
-            self.buffers.weights,
+            self.buffers.routes,
             self.slot,
             row_offset,
             self.dp_rank if gathered else -1,

@@ -43,10 +43,10 @@ MIN_HOST_SLOTS, MAX_HOST_SLOTS = 4, 32
 
 
 class _HostSlot:
+    """Host memory for one pass: its packed routes (first ``layers * rows * 2k``) and token ids."""
+
     def __init__(self, rows: int, num_layers: int, top_k: int, cuda: bool) -> None:
-        shape = (rows, num_layers, top_k)
-        self.expert_ids = torch.empty(shape, dtype=torch.int32, pin_memory=cuda)
-        self.weights = torch.empty(shape, dtype=torch.float32, pin_memory=cuda)
+        self.routes = torch.empty(num_layers * rows * 2 * top_k, dtype=torch.int32, pin_memory=cuda)
         self.token_ids = torch.empty(rows, dtype=torch.int32, pin_memory=cuda)
         self.copied = torch.cuda.Event() if cuda else None
 
@@ -153,7 +153,7 @@ class RouteLogSession:
         self._drain = threading.Thread(target=self._drain_loop, name="moe-route-log", daemon=True)
         self._drain.start()
         if config.start_on:
-            self.start()
+            self.start(announce=False)  # a log that starts recording needs no control line
 
     # ---- the engine's step ------------------------------------------------------------
 
@@ -194,8 +194,9 @@ class RouteLogSession:
             self.wait_s += time.perf_counter() - started
             self.waits += 1
         slot = self._slots[index]
-        slot.expert_ids[:rows].copy_(self.buffers.expert_ids[:rows], non_blocking=True)
-        slot.weights[:rows].copy_(self.buffers.weights[:rows], non_blocking=True)
+        layers, _, width = self.buffers.routes.shape
+        packed = slot.routes[: layers * rows * width].view(layers, rows, width)
+        packed.copy_(self.buffers.routes[:, :rows], non_blocking=True)
         slot.token_ids[:rows].copy_(input_ids[:rows], non_blocking=True)
         if slot.copied is not None:
             slot.copied.record()
@@ -221,11 +222,12 @@ class RouteLogSession:
 
     # ---- run-time control (engine thread, between passes) ------------------------------
 
-    def start(self) -> dict:
+    def start(self, announce: bool = True) -> dict:
         """Start recording; the dump's totals start again from zero."""
         if not self.recording and not self._closed:
             self._pending.put("reset")
-            self._control("start")
+            if announce:
+                self._control("start")
             self._window_start = time.time()
             self._window_steps = self._window_tokens = self._window_prefill = 0
             self.recording = True
@@ -248,7 +250,7 @@ class RouteLogSession:
             "weight_sums": record.weight_sums.tolist(),
             "tokens": record.tokens,
             "prefill_tokens": record.prefill_tokens,
-            "steps": record.steps,
+            "record_steps": record.steps,
             "since": record.since,
         }
 
@@ -297,7 +299,7 @@ class RouteLogSession:
             "files": files,
             "bytes": sum(sizes),
             "route_lines": self._route_lines,
-            "steps": self.steps,
+            "steps": self.steps,  # passes recorded so far: the last route line's step
         }
 
     def _control(self, action: str) -> None:
@@ -335,6 +337,7 @@ class RouteLogSession:
             slot.copied.synchronize()
         rows = len(item.positions)
         if not self._broken:
+            layers, top_k = self._shape
             frame = wire.routes_frame(
                 item.step,
                 item.req_ids,
@@ -342,9 +345,8 @@ class RouteLogSession:
                 item.prompt_lens,
                 item.positions,
                 slot.token_ids[:rows].numpy(),
-                slot.expert_ids[:rows].numpy(),
-                slot.weights[:rows].numpy(),
-                (rows, *self._shape),
+                slot.routes[: layers * rows * 2 * top_k].numpy(),
+                (rows, layers, top_k),
             )
             self._send(frame)
             sampled = [is_sampled(r, self._sample) for r in item.req_ids]

@@ -56,11 +56,14 @@ def routes_frame(
     prompt_lens: np.ndarray,
     positions: np.ndarray,
     token_ids: memoryview | np.ndarray,
-    expert_ids: memoryview | np.ndarray,
-    weights: memoryview | np.ndarray,
+    packed: memoryview | np.ndarray,
     shape: tuple[int, int, int],
 ) -> list[bytes | memoryview]:
-    """Buffers of a ROUTES frame; the two big arrays are passed through uncopied."""
+    """Buffers of a ROUTES frame; the big arrays are passed through uncopied.
+
+    ``packed`` is ``[layers, tokens, 2 * top_k]`` int32 as the device buffer holds
+    it (``pack_routes``); ``shape`` is ``(tokens, layers, top_k)``.
+    """
     tokens, layers, top_k = shape
     reqs = json.dumps(req_ids).encode()
     parts: list[bytes | memoryview] = [
@@ -70,8 +73,7 @@ def routes_frame(
         np.ascontiguousarray(prompt_lens, dtype=COUNT_DTYPE).tobytes(),
         np.ascontiguousarray(positions, dtype=POSITION_DTYPE).tobytes(),
         memoryview(token_ids).cast("B"),
-        memoryview(expert_ids).cast("B"),
-        memoryview(weights).cast("B"),
+        memoryview(packed).cast("B"),
     ]
     size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
     return [_HEAD.pack(MAGIC, ROUTES, size), *parts]
@@ -110,6 +112,11 @@ def decode_json(payload: bytes) -> dict:
     return json.loads(payload)
 
 
+def peek_step(payload: bytes) -> int:
+    """The pass number of a ROUTES payload, without decoding the rest."""
+    return _ROUTES_HEAD.unpack_from(payload)[0]
+
+
 def decode_routes(payload: bytes) -> RoutesFrame:
     """Payload of a ROUTES frame (arrays are views into ``payload``)."""
     step, tokens, layers, top_k, req_bytes = _ROUTES_HEAD.unpack_from(payload)
@@ -122,13 +129,12 @@ def decode_routes(payload: bytes) -> RoutesFrame:
         (COUNT_DTYPE, len(req_ids)),
         (POSITION_DTYPE, tokens),
         (TOKEN_DTYPE, tokens),
-        (EXPERT_DTYPE, tokens * layers * top_k),
-        (WEIGHT_DTYPE, tokens * layers * top_k),
+        (EXPERT_DTYPE, tokens * layers * 2 * top_k),
     ):
         arrays.append(np.frombuffer(payload, dtype=dtype, count=count, offset=offset))
         offset += dtype.itemsize * count
-    counts, prompt_lens, positions, token_ids, ids, weights = arrays
-    shape = (tokens, layers, top_k)
+    counts, prompt_lens, positions, token_ids, packed = arrays
+    packed = packed.reshape(layers, tokens, 2 * top_k)
     return RoutesFrame(
         step,
         req_ids,
@@ -136,6 +142,13 @@ def decode_routes(payload: bytes) -> RoutesFrame:
         prompt_lens,
         positions,
         token_ids,
-        ids.reshape(shape),
-        weights.reshape(shape),
+        packed[:, :, :top_k].transpose(1, 0, 2),
+        packed[:, :, top_k:].view(WEIGHT_DTYPE).transpose(1, 0, 2),
     )
+
+
+def pack_routes(expert_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``[tokens, layers, top_k]`` ids and weights -> the device layout ``[layers, tokens, 2k]``."""
+    ids = np.asarray(expert_ids, dtype=EXPERT_DTYPE)
+    bits = np.asarray(weights, dtype=WEIGHT_DTYPE).view(EXPERT_DTYPE)
+    return np.ascontiguousarray(np.concatenate([ids, bits], axis=2).transpose(1, 0, 2))

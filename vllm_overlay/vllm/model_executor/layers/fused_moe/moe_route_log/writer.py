@@ -1,7 +1,7 @@
 """The writer process (frames on stdin -> JSONL on disk) and the engine's handle to it.
 
 ``WriterProcess`` starts ``python -c BOOTSTRAP <package parent> <log> <bytes> <max
-bytes> <keep>``:
+bytes> <keep> <encoders>``:
 the child imports only this package's pure modules and numpy, never vLLM or
 torch. It runs in its own session, so a Ctrl-C aimed at the engine does not cut
 a line in half, and forks once more to leave the engine's process tree, which
@@ -10,9 +10,10 @@ closes the pipe (cleanly, or by dying), after writing everything it received.
 
 In the child, a reader thread moves frames from the pipe into a queue bounded
 in bytes; when the queue is full it stops reading, the pipe fills and the
-engine waits: data is never dropped. The main thread encodes and writes: route
-lines of the sampled requests (the header's ``sample``; all by default), each
-pass's ``request`` lines, and LINE frames as they come. Each log file is held
+engine waits: data is never dropped. The main thread has the passes encoded
+(``encoders.py``: here, or in a pool of encoder processes) and writes, in the
+order they came: route lines of the sampled requests (the header's ``sample``;
+all by default), each pass's ``request`` lines, and LINE frames. Each log file is held
 under an exclusive ``flock`` until its last byte is written, so a reader can
 wait for a complete file by taking a shared lock. With a size limit the log
 rotates into parts, each complete on its own (``_LogFiles``).
@@ -33,9 +34,8 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
-
 from . import log_format, naming, wire
+from .encoders import EncoderPool
 
 READY = b"R"
 FAILED = b"F"
@@ -59,12 +59,19 @@ class WriterProcess:
         buffer_bytes: int,
         max_bytes: int | None = None,
         keep: int | None = None,
+        encoders: int = 1,
     ) -> None:
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.path = path
-        rotation = [str(max_bytes) if max_bytes else "-", str(keep) if keep else "-"]
+        args = [
+            path,
+            str(buffer_bytes),
+            str(max_bytes) if max_bytes else "-",
+            str(keep) if keep else "-",
+            str(encoders),
+        ]
         proc = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, package_parent, path, str(buffer_bytes), *rotation],
+            [sys.executable, "-c", BOOTSTRAP, package_parent, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
@@ -205,6 +212,7 @@ def run(
     on_ready=lambda: None,
     max_bytes: int | None = None,
     keep: int | None = None,
+    encoders: int = 1,
 ) -> bool:
     """Copy frames from ``stream`` into the JSONL log at ``path``; False after an I/O error."""
     try:
@@ -212,47 +220,54 @@ def run(
     except OSError as e:
         _say(f"cannot open {path}: {e.strerror or e}")
         return False
+    pool = EncoderPool(encoders)  # forked before any thread starts
     frames = _BoundedQueue(buffer_bytes)
     pump_errors: list[str] = []
     header: dict = {}
     previous_pass: set[str] = set()  # requests of the last written pass
     closed = False
+
+    def write_passes(wait: bool) -> None:
+        nonlocal previous_pass
+        for encoded in pool.results(wait):
+            if not encoded.lines:
+                continue  # no request of this pass is sampled
+            new = [i for i, req in enumerate(encoded.req_ids) if req not in previous_pass]
+            files.write(
+                log_format.request_lines(
+                    encoded.step,
+                    [encoded.req_ids[i] for i in new],
+                    [encoded.prompt_lens[i] for i in new],
+                )
+                + encoded.data
+            )
+            previous_pass = set(encoded.req_ids)
+            files.lines += encoded.lines
+            files.tokens += encoded.tokens
+            if files.full():
+                files.rotate(header)
+                previous_pass = set()  # every part names its requests' prompt lengths
+
     on_ready()
     threading.Thread(target=_pump, args=(stream, frames, pump_errors), daemon=True).start()
     try:
         while (frame := frames.get()) is not None:
             kind, payload = frame
+            if kind == wire.ROUTES:
+                pool.submit(payload, header["layers"], header.get("sample", 1.0))
+                write_passes(wait=False)
+                continue
+            write_passes(wait=True)  # every earlier pass goes first
             if kind == wire.HEADER:
                 header = wire.decode_json(payload)
                 if max_bytes is not None:
                     header.update(part=0, log_path=files.name)
                 files.write(log_format.header_line(header))
-            elif kind == wire.ROUTES:
-                r = _sampled(wire.decode_routes(payload), header.get("sample", 1.0))
-                if r is None:
-                    continue
-                new = [i for i, req in enumerate(r.req_ids) if req not in previous_pass]
-                previous_pass = set(r.req_ids)
-                files.write(
-                    log_format.request_lines(
-                        r.step, [r.req_ids[i] for i in new], r.prompt_lens[new]
-                    )
-                    + log_format.encode_routes(
-                        r.step,
-                        header["layers"],
-                        r.req_ids,
-                        r.tokens_per_req,
-                        r.positions,
-                        r.token_ids,
-                        r.expert_ids,
-                        r.weights,
-                        r.token_rows,
-                    )
-                )
-                files.lines += r.expert_ids.shape[0] * r.expert_ids.shape[1]
-                files.tokens += r.expert_ids.shape[0]
             elif kind == wire.LINE:
                 files.write(log_format.json_line(wire.decode_json(payload)))
+                if files.full():
+                    files.rotate(header)
+                    previous_pass = set()
             elif kind == wire.CLOSE:
                 stats = wire.decode_json(payload)
                 stats.update(
@@ -260,15 +275,16 @@ def run(
                     tokens=files.tokens,
                     writer_buffer_peak_mb=round(frames.peak / 2**20, 3),
                     writer_buffer_full_waits=frames.full_waits,
+                    writer_encoders=encoders,
+                    writer_cpu_s=round(sum(os.times()[:2]), 3),
                 )
                 if max_bytes is not None:
                     stats.update(part=files.part)
                 files.write(log_format.trailer_line(stats))
                 closed = True
                 break
-            if files.full():
-                files.rotate(header)
-                previous_pass = set()  # every part names its requests' prompt lengths
+        if not closed:
+            write_passes(wait=True)
     except OSError as e:
         _say(
             f"writing {files.name} failed ({e.strerror or e}); route logging stopped after "
@@ -276,6 +292,7 @@ def run(
         )
         return False
     finally:
+        pool.close()
         files.close()
     if not closed:
         why = f"its pipe broke ({pump_errors[0]})" if pump_errors else "it exited"
@@ -286,35 +303,12 @@ def run(
     return True
 
 
-def _sampled(r: wire.RoutesFrame, fraction: float) -> wire.RoutesFrame | None:
-    """The pass's rows of sampled requests only (None: no request of it is sampled)."""
-    r.token_rows = None
-    if fraction >= 1.0:
-        return r
-    keep = np.array([log_format.is_sampled(req, fraction) for req in r.req_ids], dtype=bool)
-    if keep.all():
-        return r
-    if not keep.any():
-        return None
-    rows = np.repeat(keep, r.tokens_per_req)
-    return wire.RoutesFrame(
-        r.step,
-        [req for req, k in zip(r.req_ids, keep, strict=True) if k],
-        r.tokens_per_req[keep],
-        r.prompt_lens[keep],
-        r.positions[rows],
-        r.token_ids[rows],
-        r.expert_ids[rows],
-        r.weights[rows],
-        np.flatnonzero(rows),
-    )
-
-
 def main(argv: list[str]) -> int:
-    """Entry point of the writer process: ``<log path> <buffer bytes> [<max bytes> <keep>]``."""
+    """Entry point of the writer process: ``<log> <buffer bytes> <max bytes> <keep> <encoders>``."""
     path, buffer_bytes = argv[0], int(argv[1])
-    max_bytes = int(argv[2]) if len(argv) > 2 and argv[2] != "-" else None
-    keep = int(argv[3]) if len(argv) > 3 and argv[3] != "-" else None
+    max_bytes = int(argv[2]) if argv[2] != "-" else None
+    keep = int(argv[3]) if argv[3] != "-" else None
+    encoders = int(argv[4])
     if os.fork():
         os._exit(0)  # the engine reaps this parent at once; the child works on
 
@@ -322,7 +316,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.buffer.write(READY + str(os.getpid()).encode() + b"\n")
         sys.stdout.buffer.flush()
 
-    if run(sys.stdin.buffer, path, buffer_bytes, ready, max_bytes, keep):
+    if run(sys.stdin.buffer, path, buffer_bytes, ready, max_bytes, keep, encoders):
         return 0
     with contextlib.suppress(OSError):
         sys.stdout.buffer.write(FAILED)

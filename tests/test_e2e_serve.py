@@ -1,0 +1,299 @@
+"""``vllm serve`` with the route log, driven as users drive it (CPU build, tiny MoE).
+
+Three real servers, each shared by the tests below it, in file order:
+- routes mode, all layers: completions, chat, streaming and 16 concurrent requests
+  through the ``openai`` client, each logged token checked against the response's
+  token ids and phase; SGLang's stop/start/dump mid-traffic; the status; a real
+  ``/metrics`` scrape parsed with prometheus_client; Ctrl-C;
+- counts mode on the first batch of the routes server: equal counts; SIGTERM;
+- rotation (1 MiB, keep 2) with sampling (half the requests);
+and bad values of every new variable, each refused at start with its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+from moe_route_log.log_format import is_sampled
+from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import (
+    Server,
+    expert_counts,
+    log_lines,
+    match_requests,
+    wait_for_route_lines,
+)
+
+pytestmark = pytest.mark.e2e
+LAYERS, EXPERTS = 3, 8  # the tiny model (conftest.tiny_model)
+GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True, "return_token_ids": True}}
+
+
+def tokens_of(outputs) -> int:
+    """Tokens that go through the model: prompt and every output token but the last."""
+    return sum(len(p) + len(o) - 1 for p, o in outputs)
+
+
+def completion(client, model, prompts, max_tokens=12):
+    """A batch completion; (prompt ids, output ids) per prompt."""
+    response = client.completions.create(
+        model=str(model), prompt=prompts, max_tokens=max_tokens, **GREEDY
+    )
+    return [(c.prompt_token_ids, c.token_ids) for c in response.choices]
+
+
+@pytest.fixture(scope="module")
+def routes_server(tiny_model, tmp_path_factory, patched):
+    log = tmp_path_factory.mktemp("serve-routes") / "routes.jsonl"
+    server = Server.start(
+        tiny_model, log, {"VLLM_LOG_MOE_LAYER": "all", "VLLM_LOG_MOE_INTERVAL_S": "1"}
+    )
+    server.outputs = {}
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def client(routes_server):
+    return openai.OpenAI(base_url=routes_server.url + "/v1", api_key="none")
+
+
+def test_every_kind_of_request_is_logged_once_with_its_token_ids(
+    routes_server, client, tiny_model, questions
+):
+    first = completion(client, tiny_model, questions[:8])  # the counts server repeats this
+    chat = client.chat.completions.create(
+        model=str(tiny_model),
+        messages=[{"role": "user", "content": questions[8]}],
+        max_tokens=10,
+        **GREEDY,
+    )
+    stream_ids, stream_prompt = [], None
+    for chunk in client.completions.create(
+        model=str(tiny_model), prompt=questions[9], max_tokens=15, stream=True, **GREEDY
+    ):
+        choice = chunk.choices[0]
+        stream_prompt = stream_prompt or choice.prompt_token_ids
+        stream_ids += choice.token_ids or []
+
+    async def concurrent():
+        aclient = openai.AsyncOpenAI(base_url=routes_server.url + "/v1", api_key="none")
+        responses = await asyncio.gather(
+            *(
+                aclient.completions.create(
+                    model=str(tiny_model), prompt=q, max_tokens=6 + i % 5, **GREEDY
+                )
+                for i, q in enumerate(questions[10:26])
+            )
+        )
+        return [(r.choices[0].prompt_token_ids, r.choices[0].token_ids) for r in responses]
+
+    outputs = [
+        *first,
+        (chat.prompt_token_ids, chat.choices[0].token_ids),
+        (stream_prompt, stream_ids),
+        *asyncio.run(concurrent()),
+    ]
+    assert len(outputs) == 26 and all(len(o) >= 6 for _, o in outputs)
+    lines = wait_for_route_lines(routes_server, tokens_of(outputs) * LAYERS)
+    matched = match_requests(lines, outputs)  # each token once, with its input token id
+    routes_server.outputs["first"] = [r for r, po in matched.items() if po in first]
+    prompt_len = {r["req_id"]: r["prompt_len"] for r in lines if r["type"] == "request"}
+    assert prompt_len == {req: len(p) for req, (p, _) in matched.items()}
+    for layer in range(LAYERS):  # one line per token and layer
+        assert sum(r["type"] == "route" and r["layer"] == layer for r in lines) == tokens_of(
+            outputs
+        )
+
+
+def test_stop_start_and_dump_mid_traffic(routes_server, client, tiny_model, questions):
+    done = threading.Event()
+    outputs = []
+
+    def long_requests():
+        outputs.extend(completion(client, tiny_model, questions[30:34], max_tokens=300))
+        done.set()
+
+    before = sum(r["type"] == "route" for r in log_lines(routes_server.log))
+    worker = threading.Thread(target=long_requests)
+    worker.start()
+    time.sleep(0.5)
+    assert routes_server.post("/stop_expert_distribution_record") == (
+        200,
+        b"Stop recording the expert distribution.\n",
+    )
+    assert routes_server.json("/expert_distribution_status")["recording"] is False
+    time.sleep(0.5)
+    assert routes_server.get("/start_expert_distribution_record")[0] == 200  # GET works too
+    time.sleep(0.3)
+    dump = routes_server.json("/dump_expert_distribution_record", method="POST")
+    worker.join(timeout=300)
+    assert done.is_set() and not worker.is_alive()
+    lines = log_lines(routes_server.log)
+    controls = [r for r in lines if r["type"] == "control"]
+    assert [c["action"] for c in controls] == ["stop", "start"]
+    stop, start = controls
+    new = [r for r in lines if r["type"] == "route"][before:]
+    assert new, "the requests were logged before the stop"
+    assert all(r["step"] <= stop["step"] or r["step"] > start["step"] for r in new)
+    assert start["step"] == stop["step"], "while stopped, no pass is counted"
+    # the dump holds exactly the passes after the start, up to the dump
+    last_step = dump["last_step"][0]
+    window = [r for r in new if start["step"] < r["step"] <= last_step]
+    assert window and len(window) < len(new)
+    assert dump["logical_count"] == expert_counts(window, LAYERS, EXPERTS)
+    assert dump["tokens"] == len(window) // LAYERS and dump["recording"] is True
+    written = json.loads(Path(dump["dump_path"]).read_text())
+    assert written["logical_count"] == dump["logical_count"]
+    # the long requests lost the tokens computed while the recorder was stopped
+    total = tokens_of(outputs) * LAYERS
+    assert 0 < len(new) < total
+
+
+def test_status(routes_server):
+    status = routes_server.json("/expert_distribution_status")
+    lines = log_lines(routes_server.log)
+    assert status["files"] == [str(routes_server.log)] and status["mode"] == "routes"
+    assert status["bytes"] == routes_server.log.stat().st_size
+    assert status["route_lines"] == sum(r["type"] == "route" for r in lines)
+    assert status["layers"] == [0, 1, 2] and status["model_name"] == routes_server.model.name
+
+
+def test_metrics_scrape(routes_server):
+    status, body = routes_server.get("/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    lines = log_lines(routes_server.log)
+    counts = np.zeros((LAYERS, EXPERTS), dtype=int)
+    for s in families["vllm_moe_expert_tokens"].samples:
+        assert s.name == "vllm_moe_expert_tokens_total"
+        assert (s.labels["dp_rank"], s.labels["pp_rank"]) == ("0", "0")
+        counts[int(s.labels["layer"]), int(s.labels["expert"])] = s.value
+    assert counts.tolist() == expert_counts(lines, LAYERS, EXPERTS)  # every recorded route
+    (tokens,) = families["vllm_moe_tokens"].samples
+    assert tokens.value == sum(r["type"] == "route" for r in lines) / LAYERS
+    assert tokens.labels["model_name"] == str(routes_server.model)
+    (recording,) = families["vllm_moe_recording"].samples
+    assert recording.value == 1.0
+    balance = families["vllm_moe_layer_balancedness"].samples
+    assert sorted(s.labels["layer"] for s in balance) == ["0", "1", "2"]
+    assert all(1 / EXPERTS <= s.value <= 1 for s in balance)
+    assert "vllm:num_requests_running" in families or "vllm:num_requests_running" in body.decode()
+
+
+def test_ctrl_c_writes_the_trailer(routes_server):
+    assert routes_server.stop(signal.SIGINT) == 0, routes_server.tail()
+    lines = log_lines(routes_server.log)
+    trailer = lines[-1]
+    assert trailer["type"] == "end"
+    assert trailer["lines"] == sum(r["type"] == "route" for r in lines)
+
+
+def test_counts_mode_equals_routes_mode_on_the_same_traffic(
+    routes_server, tiny_model, questions, tmp_path, patched
+):
+    log = tmp_path / "counts.jsonl"
+    server = Server.start(
+        tiny_model,
+        log,
+        {
+            "VLLM_LOG_MOE_LAYER": "all",
+            "VLLM_LOG_MOE_MODE": "counts",
+            "VLLM_LOG_MOE_INTERVAL_S": "0.5",
+        },
+    )
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+        outputs = completion(client, tiny_model, questions[:8])
+        scrape, body = server.get("/metrics")
+        assert scrape == 200
+        assert server.stop(signal.SIGTERM) == 0, server.tail()
+    finally:
+        server.kill()
+    lines = log_lines(log)
+    assert lines[0]["mode"] == "counts" and lines[-1]["type"] == "end"
+    assert not [r for r in lines if r["type"] in ("route", "request")]
+    windows = [r for r in lines if r["type"] == "counts"]
+    summed = np.sum([w["counts"] for w in windows], axis=0)
+    routes_lines = [
+        r
+        for r in log_lines(routes_server.log)
+        if r["type"] == "route" and r["req_id"] in routes_server.outputs["first"]
+    ]
+    assert summed.tolist() == expert_counts(routes_lines, LAYERS, EXPERTS)
+    assert sum(w["tokens"] for w in windows) == tokens_of(outputs)
+    assert sum(w["prefill_tokens"] for w in windows) == sum(len(p) for p, _ in outputs)
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    scraped = sum(s.value for s in families["vllm_moe_expert_tokens"].samples)
+    assert scraped == summed.sum()
+
+
+def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
+    log = tmp_path / "rot.jsonl"
+    server = Server.start(
+        tiny_model,
+        log,
+        {
+            "VLLM_LOG_MOE_LAYER": "all",
+            "VLLM_LOG_MOE_MAX_MB": "1",
+            "VLLM_LOG_MOE_KEEP": "2",
+            "VLLM_LOG_MOE_SAMPLE": "0.5",
+        },
+    )
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+        response = client.completions.create(
+            model=str(tiny_model), prompt=questions[100:260], max_tokens=64, **GREEDY
+        )
+        status = server.json("/expert_distribution_status")
+        assert server.stop(signal.SIGINT) == 0, server.tail()
+    finally:
+        server.kill()
+    parts = sorted(tmp_path.glob("rot.p*.jsonl"))
+    numbers = [int(p.name.split(".")[1][1:]) for p in parts]
+    assert len(parts) == 2 and numbers[1] == numbers[0] + 1 and numbers[0] >= 1, numbers
+    assert status["files"] and all(
+        re.fullmatch(r".*/rot\.p\d{5}\.jsonl", f) for f in status["files"]
+    )
+    sampled = {f"{response.id}-{i}" for i in range(160) if is_sampled(f"{response.id}-{i}-x", 0.5)}
+    assert 50 < len(sampled) < 110
+    for number, part in zip(numbers, parts, strict=True):
+        lines = log_lines(part)
+        assert lines[0]["type"] == "meta" and lines[0]["part"] == number
+        assert lines[-1]["type"] == "end"
+        route_lines = [r for r in lines if r["type"] == "route"]
+        assert lines[-1]["lines"] == len(route_lines) > 0
+        assert {r["req_id"].rsplit("-", 1)[0] for r in route_lines} <= sampled
+        if number == numbers[0]:
+            # a file closes after the pass that takes it past the limit
+            assert lines[-1]["reason"] == "rotated" and 2**20 <= part.stat().st_size < 2**23
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("VLLM_LOG_MOE_MODE", "tokens", "'routes' or 'counts'"),
+        ("VLLM_LOG_MOE_INTERVAL_S", "0", "a number > 0"),
+        ("VLLM_LOG_MOE_START", "maybe", "'on' or 'off'"),
+        ("VLLM_LOG_MOE_MAX_MB", "-1", "an integer >= 1"),
+        ("VLLM_LOG_MOE_KEEP", "x", "an integer"),
+        ("VLLM_LOG_MOE_SAMPLE", "2", "a number > 0 and <= 1"),
+    ],
+)
+def test_bad_values_stop_the_server_at_start(tiny_model, tmp_path, patched, name, value, accepted):
+    env = {name: value}
+    if name == "VLLM_LOG_MOE_KEEP":
+        env["VLLM_LOG_MOE_MAX_MB"] = "1"
+    with pytest.raises(RuntimeError, match="vllm serve exited"):
+        Server.start(tiny_model, tmp_path / "bad.jsonl", env, timeout=300)
+    output = (tmp_path / "bad.server.txt").read_text()
+    assert f"{name}={value!r} is not valid; accepted: {accepted}" in output
