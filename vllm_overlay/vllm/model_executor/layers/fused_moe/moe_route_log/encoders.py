@@ -111,7 +111,9 @@ class EncoderPool:
         if not self._conns:
             self._done.append(encode_pass(payload, layers, fraction))
             return
-        if len(self._in_flight) >= 2 * len(self._conns):
+        if len(self._in_flight) == len(self._conns):
+            # one pass per encoder at most: an encoder never has a result unread when it is
+            # sent the next pass, so neither side can block the other on a full pipe
             self._done.append(self._in_flight.popleft().recv())
         conn = self._conns[self._next]
         self._next = (self._next + 1) % len(self._conns)

@@ -1,0 +1,70 @@
+"""The arithmetic of bench/overhead_bench.py (its GPU runs are recorded in the README)."""
+
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import overhead_bench
+
+
+def test_turns_rotate_and_reverse():
+    configs = ["a", "b", "c"]
+    orders = [overhead_bench.turn_order(configs, rep) for rep in range(6)]
+    assert orders == [
+        ["a", "b", "c"],
+        ["a", "c", "b"],
+        ["c", "a", "b"],
+        ["c", "b", "a"],
+        ["b", "c", "a"],
+        ["b", "a", "c"],
+    ]
+    for i, config in enumerate(configs):  # over 6 reps each engine runs in every position twice
+        assert sorted(order.index(config) for order in orders) == [0, 0, 1, 1, 2, 2], i
+
+
+def test_ratios_are_paired_by_rep_with_a_bootstrap_interval():
+    runs = {"off": [100.0, 200.0, 100.0, 200.0, 100.0, 200.0], "all": [99, 198, 98, 196, 97, 194]}
+    c = overhead_bench.compare(runs, "all")
+    assert c["baseline"] == "off" and c["per_rep"] == [0.99, 0.99, 0.98, 0.98, 0.97, 0.97]
+    assert c["median"] == pytest.approx(0.98)
+    low, high = c["ci95"]
+    assert 0.97 <= low <= 0.98 <= high <= 0.99
+    # the unpaired ratio of medians would mix the fast and slow reps' machine states
+    assert statistics.median(runs["all"]) / statistics.median(runs["off"]) != c["median"]
+    assert overhead_bench.compare({"all": [1.0]}, "all") is None  # no baseline ran
+
+
+def test_identical_runs_have_a_degenerate_interval():
+    median, low, high = overhead_bench.median_ci([1.0] * 6)
+    assert (median, low, high) == (1.0, 1.0, 1.0)
+
+
+def test_table_rows_and_checks():
+    result = {
+        "model": "olmoe",
+        "parts": [
+            {"config": "off", "tok_s": [100.0, 100.0]},
+            {
+                "config": "counts",
+                "tok_s": [99.0, 100.0],
+                "check": {
+                    "mode": "counts",
+                    "exact": True,
+                    "logged_tokens": 1234,
+                    "expected_tokens": 1234,
+                    "engine_waits": 0,
+                },
+            },
+        ],
+    }
+    result["comparisons"] = {
+        "counts": overhead_bench.compare(
+            {p["config"]: p["tok_s"] for p in result["parts"]}, "counts"
+        )
+    }
+    row = overhead_bench.table_rows(result)
+    assert row.startswith("| olmoe | counts vs off | 2 | 100 | 100 | **0.9950** [")
+    assert "exact: 1,234 tokens (counted tokens) of 1,234; engine waits 0 |" in row
