@@ -116,47 +116,66 @@ def test_every_kind_of_request_is_logged_once_with_its_token_ids(
 
 
 def test_stop_start_and_dump_mid_traffic(routes_server, client, tiny_model, questions):
-    done = threading.Event()
-    outputs = []
+    """Traffic flows the whole time; the recorder is stopped, started and dumped under it."""
+    done, outputs = threading.Event(), []
 
-    def long_requests():
-        outputs.extend(completion(client, tiny_model, questions[30:34], max_tokens=300))
-        done.set()
+    def traffic():
+        i = 0
+        while not done.is_set():
+            outputs.append(completion(client, tiny_model, questions[30 + i % 40 : 32 + i % 40], 40))
+            i += 2
+
+    def wait_for_requests(more: int) -> None:
+        target = len(outputs) + more
+        deadline = time.time() + 300
+        while len(outputs) < target and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(outputs) >= target, "the traffic stalled"
 
     before = sum(r["type"] == "route" for r in log_lines(routes_server.log))
-    worker = threading.Thread(target=long_requests)
+    worker = threading.Thread(target=traffic)
     worker.start()
-    time.sleep(0.5)
-    assert routes_server.post("/stop_expert_distribution_record") == (
-        200,
-        b"Stop recording the expert distribution.\n",
-    )
-    assert routes_server.json("/expert_distribution_status")["recording"] is False
-    time.sleep(0.5)
-    assert routes_server.get("/start_expert_distribution_record")[0] == 200  # GET works too
-    time.sleep(0.3)
-    dump = routes_server.json("/dump_expert_distribution_record", method="POST")
-    worker.join(timeout=300)
-    assert done.is_set() and not worker.is_alive()
-    lines = log_lines(routes_server.log)
+    try:
+        wait_for_requests(1)
+        assert routes_server.post("/stop_expert_distribution_record") == (
+            200,
+            b"Stop recording the expert distribution.\n",
+        )
+        assert routes_server.json("/expert_distribution_status")["recording"] is False
+        wait_for_requests(2)  # whole requests run while the recorder is stopped
+        assert routes_server.get("/start_expert_distribution_record")[0] == 200  # GET too
+        wait_for_requests(2)
+        dump = routes_server.json("/dump_expert_distribution_record", method="POST")
+        wait_for_requests(1)
+    finally:
+        done.set()
+        worker.join(timeout=300)
+    lines = wait_for_route_lines_to_settle(routes_server)
     controls = [r for r in lines if r["type"] == "control"]
     assert [c["action"] for c in controls] == ["stop", "start"]
     stop, start = controls
-    new = [r for r in lines if r["type"] == "route"][before:]
-    assert new, "the requests were logged before the stop"
-    assert all(r["step"] <= stop["step"] or r["step"] > start["step"] for r in new)
     assert start["step"] == stop["step"], "while stopped, no pass is counted"
+    new = [r for r in lines if r["type"] == "route"][before:]
     # the dump holds exactly the passes after the start, up to the dump
-    last_step = dump["last_step"][0]
-    window = [r for r in new if start["step"] < r["step"] <= last_step]
+    window = [r for r in new if start["step"] < r["step"] <= dump["last_step"][0]]
     assert window and len(window) < len(new)
     assert dump["logical_count"] == expert_counts(window, LAYERS, EXPERTS)
     assert dump["tokens"] == len(window) // LAYERS and dump["recording"] is True
     written = json.loads(Path(dump["dump_path"]).read_text())
     assert written["logical_count"] == dump["logical_count"]
-    # the long requests lost the tokens computed while the recorder was stopped
-    total = tokens_of(outputs) * LAYERS
-    assert 0 < len(new) < total
+    # the tokens computed while the recorder was stopped have no lines
+    assert 0 < len(new) < tokens_of(outputs) * LAYERS
+
+
+def wait_for_route_lines_to_settle(server: Server, quiet_s: float = 1.0) -> list[dict]:
+    """The log's lines once its size has not changed for ``quiet_s`` seconds."""
+    size, since = -1, time.time()
+    while time.time() - since < quiet_s:
+        now = server.log.stat().st_size
+        if now != size:
+            size, since = now, time.time()
+        time.sleep(0.1)
+    return log_lines(server.log)
 
 
 def test_status(routes_server):
