@@ -63,7 +63,10 @@ def load_eplb_policy() -> tuple[Callable | None, str]:
     try:
         from vllm.distributed.eplb.policy.default import DefaultEplbPolicy
     except ImportError as e:
-        return None, f"vLLM is not installed here ({e}): the EPLB placement is skipped"
+        return None, (
+            f"vLLM is not installed here ({e}); install vLLM 0.15.1 to see what its load "
+            "balancer would change"
+        )
     return DefaultEplbPolicy.rebalance_experts, "vLLM DefaultEplbPolicy.rebalance_experts"
 
 
