@@ -17,11 +17,11 @@ def top1_lines(step, experts, first_token=0):
 
 @pytest.fixture
 def what_if():
-    """Three passes: (file 0, step 1) over two blocks, (file 0, step 2), (file 1, step 1)."""
+    """Three passes: (file 0, step 1) over two blocks, (file 0, step 2), (file 1, step 2)."""
     acc = ep.ExpertParallelWhatIf([0], num_experts=4)
     acc.add(route_block(top1_lines(1, [0, 0]), ["r-1"]))
     acc.add(route_block(top1_lines(1, [0, 1], 2) + top1_lines(2, [2, 3]), ["r-1"]))
-    acc.add(route_block(top1_lines(1, [3]), ["r-1"], source=1))
+    acc.add(route_block(top1_lines(2, [3]), ["r-1"], source=1))  # same step, another file
     return acc
 
 

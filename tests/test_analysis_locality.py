@@ -25,18 +25,18 @@ def test_repeat_rate_jaccard_and_independent_baselines():
     )
     acc.add(route_block([line(3, A, 11, [0, 2]), line(3, C, 20, [1, 0])], REQUESTS))
     acc.add(route_block([line(4, A, 12, [3, 2]), line(5, B, 6, [3, 1])], REQUESTS))
-    acc.add(route_block([line(6, C, 22, [1, 0])], REQUESTS))  # pos 21 missing: no pair
-    acc.add(route_block([line(1, A, 13, [2, 3])], REQUESTS, source=1))  # another file's "a-1"
+    acc.add(route_block([line(6, C, 22, [1, 0]), line(6, D, 40, [2, 3])], REQUESTS))  # no C21
+    acc.add(route_block([line(6, D, 41, [2, 3])], REQUESTS, source=1))  # another file's "d-4"
     got = acc.result()["0"]
     # pairs: A10-A11 (same top-1, 1 shared), A11-A12 (no, 1 shared), B5-B6 (no, 2 shared)
-    assert got["pairs"] == 3 and got["decode_tokens"] == 8
+    assert got["pairs"] == 3 and got["decode_tokens"] == 9
     assert got["same_top1"] == pytest.approx(1 / 3, abs=1e-6)
     assert got["overlap"] == pytest.approx(4 / 3, abs=1e-6)
     assert got["jaccard"] == pytest.approx((1 / 3 + 1 / 3 + 1) / 3, abs=1e-6)
-    # decode top-1 counts [2,3,1,2] of 8; membership [4,5,3,4] of 8
-    assert got["same_top1_independent"] == pytest.approx(18 / 64, abs=1e-6)
-    assert got["overlap_independent"] == pytest.approx(66 / 64, abs=1e-6)
-    assert got["jaccard_independent"] == pytest.approx((66 / 64) / (4 - 66 / 64), abs=1e-6)
+    # decode top-1 counts [2,3,2,2] of 9; membership [4,5,4,5] of 9
+    assert got["same_top1_independent"] == pytest.approx(21 / 81, abs=1e-6)
+    assert got["overlap_independent"] == pytest.approx(82 / 81, abs=1e-6)
+    assert got["jaccard_independent"] == pytest.approx((82 / 81) / (4 - 82 / 81), abs=1e-6)
 
 
 def test_requests_unseen_for_long_are_forgotten():
