@@ -9,14 +9,15 @@ from moe_profiler.columns import PREFILL
 LINES = [(7, [0, 1]), (7, [1, 0]), (7, [1, 2]), (9, [0, 2]), (9, [2, 0]), (8, [1, 2])]
 
 
-def feed(acc, lines, per_block=2):
+def feed(acc, lines, per_block=2, layers=(4,)):
     for start in range(0, len(lines), per_block):
         chunk = lines[start : start + per_block]
         acc.add(
             route_block(
                 [
-                    (1, start + i, 4, 0, 0, tok, PREFILL, e, None)
+                    (1, start + i, layer, 0, 0, tok, PREFILL, e, None)
                     for i, (tok, e) in enumerate(chunk)
+                    for layer in layers
                 ],
                 ["r-1"],
             )
@@ -48,13 +49,14 @@ def test_lift_ranking_and_min_count(monkeypatch):
 
 
 def test_merging_does_not_change_the_counts(monkeypatch):
-    once = token_experts.TokenSpecialisation([4], 3, 2)
-    feed(once, LINES, per_block=6)
+    once = token_experts.TokenSpecialisation([4, 6], 3, 2)
+    feed(once, LINES, per_block=6, layers=(4, 6))
     monkeypatch.setattr(token_experts, "_MERGE_EVERY", 1)
-    often = token_experts.TokenSpecialisation([4], 3, 2)
-    feed(often, LINES, per_block=1)
+    often = token_experts.TokenSpecialisation([4, 6], 3, 2)
+    feed(often, LINES, per_block=1, layers=(4, 6))
     assert often.result(min_count=1) == once.result(min_count=1)
-    assert len(often.keys) == 7  # distinct (expert, token) pairs seen
+    assert often.result(min_count=1)["6"] == once.result(min_count=1)["4"]
+    assert often.cells() == 2 * 7  # distinct (expert, token) pairs seen, per layer
 
 
 def test_layers_filter():

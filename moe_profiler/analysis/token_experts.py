@@ -20,7 +20,7 @@ import numpy as np
 from moe_profiler.analysis.common import LayerRows
 from moe_profiler.columns import RouteBlock
 
-_MERGE_EVERY = 1 << 23  # buffered (layer, expert, token) keys before they are merged
+_MERGE_EVERY = 1 << 21  # buffered (layer, expert, token) keys before they are merged
 
 
 class TokenSpecialisation:
@@ -29,8 +29,9 @@ class TokenSpecialisation:
     def __init__(self, layers: list[int], num_experts: int, top_k: int) -> None:
         self.rows = LayerRows(layers)
         self.num_experts, self.top_k = num_experts, top_k
-        self.keys = np.zeros(0, dtype=np.int64)  # sorted, unique: (row * E + expert) << 32 | tok
-        self.counts = np.zeros(0, dtype=np.int64)
+        # per layer row: sorted unique keys expert << 32 | token id, and their counts
+        self.keys = [np.zeros(0, dtype=np.int64) for _ in self.rows.layers]
+        self.counts = [np.zeros(0, dtype=np.int64) for _ in self.rows.layers]
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
 
@@ -48,14 +49,25 @@ class TokenSpecialisation:
             self._merge()
 
     def _merge(self) -> None:
+        """Fold the buffered keys into each layer's sorted counts, one layer at a time."""
         if not self._pending:
             return
         keys, counts = np.unique(np.concatenate(self._pending), return_counts=True)
         self._pending, self._pending_size = [], 0
-        merged = np.concatenate([self.keys, keys])
-        weights = np.concatenate([self.counts, counts])
-        self.keys, inverse = np.unique(merged, return_inverse=True)
-        self.counts = np.bincount(inverse, weights=weights).astype(np.int64)
+        first_of_row = (np.arange(len(self.rows) + 1) * self.num_experts).astype(np.int64) << 32
+        bounds = np.searchsorted(keys, first_of_row)
+        for row in range(len(self.rows)):
+            new = slice(bounds[row], bounds[row + 1])
+            if new.start == new.stop:
+                continue
+            merged = np.concatenate([self.keys[row], keys[new] - first_of_row[row]])
+            self.keys[row], inverse = np.unique(merged, return_inverse=True)
+            weights = np.concatenate([self.counts[row], counts[new]])
+            self.counts[row] = np.bincount(inverse, weights=weights).astype(np.int64)
+
+    def cells(self) -> int:
+        """Distinct (layer, expert, token id) triples counted so far (merged)."""
+        return sum(len(k) for k in self.keys)
 
     def result(
         self,
@@ -66,14 +78,11 @@ class TokenSpecialisation:
     ) -> dict:
         """``{layer: {expert: [{"token", "count", "lift"(, "text")}]}}``, experts with any."""
         self._merge()
-        cell, tok = self.keys >> 32, self.keys & 0xFFFFFFFF
-        row, expert = np.divmod(cell, self.num_experts)
         out: dict = {}
         for r, layer in enumerate(self.rows.layers):
             if layers is not None and layer not in layers:
                 continue
-            here = row == r
-            e, t, c = expert[here], tok[here], self.counts[here]
+            e, t, c = self.keys[r] >> 32, self.keys[r] & 0xFFFFFFFF, self.counts[r]
             lines = c.sum() / self.top_k  # every line adds top_k (expert, token) pairs
             per_expert = np.bincount(e, weights=c, minlength=self.num_experts)
             _, inverse = np.unique(t, return_inverse=True)
