@@ -15,9 +15,11 @@ SCRIPTS = [
     "make_prompts.py",
     "run_generate.py",
     "plot_experts.py",
+    "analyze_routes.py",
     "tools/make_patch.py",
     "bench/gpu_bench.py",
     "bench/parse_bench.py",
+    "bench/report_bench.py",
 ]
 
 
