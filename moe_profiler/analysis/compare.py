@@ -77,7 +77,7 @@ def figure(result: dict, counts_a, layers_a, counts_b, layers_b, labels: tuple[s
     a = shares(counts_a[layers_a.index(worst)]) * 100
     b = shares(counts_b[layers_b.index(worst)]) * 100
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [1, 2]})
-    left.bar(layers, jsd, color="#7b5ea8")
+    left.bar([str(x) for x in layers], jsd, color="#7b5ea8")
     left.set_xlabel("layer")
     left.set_ylabel("Jensen-Shannon divergence (bits)")
     left.set_title("how differently the runs route, per layer")
