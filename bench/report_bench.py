@@ -3,10 +3,11 @@
 
 Writes a synthetic schema-3 log of about --gb gigabytes with the real encoder
 (24 layers, 60 experts, top-4, like Qwen1.5-MoE-A2.7B): an engine serving 64
-requests at a time (prompts of 40-200 tokens prefilled in one pass, then 128
-decode passes), token ids drawn by Zipf's law (exponent 1.1) from a 151,936-token vocabulary, and
-routes that depend on the token, the layer and a per-layer skew (so every analysis
-has something to find). Then runs analyze_routes.py on it in a child process and
+requests at a time (prompts of 40-199 tokens prefilled in one pass, then 127
+decode passes: the last of 128 tokens is never fed back), token ids drawn by
+Zipf's law (exponent 1.1) from a 151,936-token vocabulary, and routes that depend
+on the token, the layer and a per-layer skew (so every analysis has something to
+find). Then runs analyze_routes.py on it in a child process and
 reports its wall time and peak memory (maximum resident set size).
 
   python3 bench/report_bench.py --gb 1 --dir /tmp

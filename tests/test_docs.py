@@ -17,6 +17,8 @@ SCRIPTS = [
     "plot_experts.py",
     "analyze_routes.py",
     "tools/make_patch.py",
+    "tools/hf_route_log.py",
+    "tools/report_screenshots.py",
     "bench/gpu_bench.py",
     "bench/parse_bench.py",
     "bench/report_bench.py",
