@@ -152,6 +152,17 @@ def test_unknown_request_still_writes_the_report(run, tmp_path):
     assert json.loads((tmp_path / "analysis.json").read_text())["text_view"]["found"] is False
 
 
+def test_a_schema1_log_gets_a_report_without_phases_or_tokens(tmp_path):
+    done = analyze(REPO / "tests/data/schema1.jsonl", "--out", tmp_path, "--no-eplb")
+    assert done.returncode == 0, done.stderr
+    analysis = json.loads((tmp_path / "analysis.json").read_text())
+    assert list(analysis["prefill_decode"]["0"]) == ["prefill", "decode", "unknown"]
+    assert analysis["prefill_decode"]["0"]["unknown"]["tokens"] == 3
+    assert analysis["token_experts"] == {"0": {}} and analysis["locality"]["0"]["pairs"] == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "these logs have no request ids (schema 1)" in page
+
+
 def test_without_vllm_the_report_says_eplb_was_skipped(run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.distributed.eplb.policy.default", None)
     analysis = pipeline.analyze([str(run["log"])], tmp_path, pipeline.Options())

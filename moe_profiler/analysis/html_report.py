@@ -331,6 +331,11 @@ def _tokens(analysis: dict, layer: int, view_html: str | None) -> str:
             "position, token id, expert and weight; underlined tokens were generated).</p>"
             + view_html
         )
+    elif view["request"] is None:
+        view_part = (
+            '<p class="note">Text view: these logs have no request ids (schema 1) or no '
+            "route lines.</p>"
+        )
     else:
         seen = ", ".join(view["seen"][:8]) if view.get("seen") else "none"
         view_part = (
