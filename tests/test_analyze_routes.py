@@ -148,7 +148,8 @@ def test_bad_options_name_the_option(run, tmp_path):
 def test_unknown_request_still_writes_the_report(run, tmp_path):
     done = analyze(run["log"], "--out", tmp_path, "--request", "99")
     assert done.returncode == 1 and "--request 99: not in the logs" in done.stderr
-    assert "request 99 is not in the logs" in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "request 99 is not in the logs (its first requests: 7-0000abcd)" in page
     assert json.loads((tmp_path / "analysis.json").read_text())["text_view"]["found"] is False
 
 

@@ -340,7 +340,7 @@ def _tokens(analysis: dict, layer: int, view_html: str | None) -> str:
         seen = ", ".join(view["seen"][:8]) if view.get("seen") else "none"
         view_part = (
             f'<p class="note">Text view: request {html.escape(str(view["request"]))} is not in '
-            f"the logs (requests seen: {html.escape(seen)}).</p>"
+            f"the logs (its first requests: {html.escape(seen)}).</p>"
         )
     return (
         '<p class="question">Which tokens does each expert specialise in?</p>'

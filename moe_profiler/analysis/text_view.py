@@ -31,11 +31,14 @@ class RequestTokens:
         self._keys: list[tuple[int, int]] = []  # (source, request index), first seen first
         self._names: dict[tuple[int, int], str] = {}
         self._parts: dict[tuple[int, int], list[tuple]] = {}
+        self._first_seen: list[str] = []  # the first few request ids of the read, for messages
 
     def add(self, block: RouteBlock) -> None:
         """Keep the lines of the chosen (or candidate) requests in ``block``."""
         present, first = np.unique(block.request, return_index=True)
         for index in present[np.argsort(first)]:
+            if index >= 0 and len(self._first_seen) < 8:
+                self._first_seen.append(block.requests[index])
             key = (block.source, int(index))
             if key in self._parts or not self._wanted(block.requests, int(index)):
                 continue
@@ -68,8 +71,8 @@ class RequestTokens:
         return not self._keys and self.request in (name, name.rsplit("-", 1)[0])
 
     def seen(self) -> list[str]:
-        """Ids of the requests collected (the named one, or the candidates)."""
-        return [self._names[key] for key in self._keys]
+        """The first request ids of the read (up to 8): what ``request`` could have named."""
+        return list(self._first_seen)
 
     def result(self) -> dict | None:
         """The request's tokens by position, top-1 and weight per layer (None: not seen)."""
@@ -121,7 +124,7 @@ def expert_colours(num_experts: int) -> list[str]:
 
 
 def render(view: dict, num_experts: int, layer: int, decode: Callable[[int], str] | None) -> str:
-    """HTML: the request's tokens coloured by top-1 expert at ``layer``, a layer menu, a legend."""
+    """HTML: the request's tokens coloured by top-1 expert at ``layer``, and a layer menu."""
     colours = expert_colours(num_experts)
     texts = [decode(t) if decode and t >= 0 else f"[{t}]" for t in view["tokens"]]
     spans = []
