@@ -116,7 +116,12 @@ def main() -> int:
     if not analysis["ep_info"]["eplb_available"]:
         print(f"note: {analysis['ep_info']['eplb']}")
     if args.request and analysis["text_view"].get("found") is False:
-        print(f"analyze_routes.py: --request {args.request}: not in the logs", file=sys.stderr)
+        first = ", ".join(analysis["text_view"]["seen"]) or "none"
+        print(
+            f"analyze_routes.py: --request {args.request}: not in the logs (first requests: "
+            f"{first}); the outputs were written without the text view",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
