@@ -15,9 +15,13 @@ SCRIPTS = [
     "make_prompts.py",
     "run_generate.py",
     "plot_experts.py",
+    "analyze_routes.py",
     "tools/make_patch.py",
+    "tools/hf_route_log.py",
+    "tools/report_screenshots.py",
     "bench/gpu_bench.py",
     "bench/parse_bench.py",
+    "bench/report_bench.py",
 ]
 
 

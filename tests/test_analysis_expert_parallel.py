@@ -1,0 +1,95 @@
+"""Expert-parallel what-if (moe_profiler/analysis/expert_parallel.py)."""
+
+import sys
+
+import numpy as np
+import pytest
+from helpers import route_block
+
+from moe_profiler.analysis import expert_parallel as ep
+from moe_profiler.columns import DECODE
+
+
+def top1_lines(step, experts, first_token=0):
+    """One layer (0), top-1: token i of pass ``step`` chooses ``experts[i]``."""
+    return [(step, first_token + i, 0, 0, i, 5, DECODE, [e], [1.0]) for i, e in enumerate(experts)]
+
+
+@pytest.fixture
+def what_if():
+    """Three passes: (file 0, step 1) over two blocks, (file 0, step 2), (file 1, step 2)."""
+    acc = ep.ExpertParallelWhatIf([0], num_experts=4)
+    acc.add(route_block(top1_lines(1, [0, 0]), ["r-1"]))
+    acc.add(route_block(top1_lines(1, [0, 1], 2) + top1_lines(2, [2, 3]), ["r-1"]))
+    acc.add(route_block(top1_lines(2, [3]), ["r-1"], source=1))  # same step, another file
+    return acc
+
+
+def test_ep_sizes_and_contiguous_placement_follow_vllm():
+    assert ep.ep_sizes(60) == [2, 4, 8, 16, 32] and ep.ep_sizes(8) == [2, 4, 8]
+    assert ep.ep_sizes(1) == []
+    # vLLM determine_expert_map("linear"): 6 experts on 4 GPUs -> 2, 2, 1, 1
+    placement = ep.contiguous_placement(6, 4)
+    assert placement.argmax(axis=1).tolist() == [0, 0, 1, 1, 2, 3]
+    assert placement.sum(axis=1).tolist() == [1.0] * 6
+    assert ep.fewest_redundant(60, 8) == 4 and ep.fewest_redundant(60, 4) == 0
+
+
+def test_balancedness_per_pass_weighted_by_tokens_and_on_totals(what_if):
+    result = what_if.result(rebalance=None)
+    assert what_if.passes == 3
+    assert what_if.totals.tolist() == [[3, 1, 1, 1 + 1]]
+    # loads per pass [3,1,0,0] (4 tokens), [0,0,1,1] (2), [0,0,0,1] (1)
+    # 2 GPUs {0,1} {2,3}: [4,0] [0,2] [0,1] -> 0.5 each; totals [4,3] -> 3.5/4
+    two = result["2"]["contiguous"]
+    assert two["balancedness"] == pytest.approx(0.5)
+    assert two["balancedness_of_totals"] == pytest.approx(0.875)
+    # 4 GPUs: 1/3, 1/2, 1/4 weighted 4:2:1; totals [3,1,1,2] -> 1.75/3
+    four = result["4"]["contiguous"]
+    assert four["balancedness"] == pytest.approx((4 / 3 + 2 / 2 + 1 / 4) / 7, abs=1e-6)
+    assert four["balancedness_of_totals"] == pytest.approx(1.75 / 3, abs=1e-6)
+    assert four["per_layer"]["0"]["balancedness"] == four["balancedness"]
+    assert set(result) == {"2", "4"} and set(result["2"]) == {"contiguous"}
+
+
+def test_eplb_placement_is_vllms_policy_on_the_measured_loads():
+    rebalance, source = ep.load_eplb_policy()
+    assert rebalance is not None, source
+    loads = np.array([[10, 1, 1, 0]])
+    # no redundancy: hottest expert alone with the idle one; 1 and 2 together
+    share = ep.eplb_placement(rebalance, loads, ep_size=2, redundant=0)
+    gpu = share[0].argmax(axis=1)
+    assert gpu[0] == gpu[3] and gpu[1] == gpu[2] and gpu[0] != gpu[1]
+    # 2 redundant experts: both copies go to expert 0 (3 replicas, 3 slots per GPU),
+    # two on one GPU with expert 3, one with experts 1 and 2
+    share = ep.eplb_placement(rebalance, loads, ep_size=2, redundant=2)
+    assert sorted(share[0, 0].tolist()) == pytest.approx([1 / 3, 2 / 3])
+    gpu_loads = np.einsum("le,leg->lg", loads, share)[0]
+    assert sorted(gpu_loads.tolist()) == pytest.approx([16 / 3, 20 / 3])
+    assert share.sum(axis=2) == pytest.approx(np.ones((1, 4)))
+
+
+def test_eplb_variants_in_the_result(what_if):
+    rebalance, _ = ep.load_eplb_policy()
+    result = what_if.result(rebalance)
+    two = result["2"]
+    assert two["eplb"]["redundant"] == 0 and two["eplb"]["slots_per_gpu"] == 2
+    assert two["eplb_redundant"]["redundant"] == 2 and two["eplb_redundant"]["slots_per_gpu"] == 3
+    # totals [3,1,1,2]: without copies the best split is {0,1} {2,3} or {0,2} {1,3} -> 3.5/4
+    assert two["eplb"]["balancedness_of_totals"] == pytest.approx(0.875)
+    assert result["4"]["eplb_redundant"]["redundant"] == 4
+
+
+def test_without_vllm_eplb_is_skipped_and_says_why(monkeypatch, what_if):
+    monkeypatch.setitem(sys.modules, "vllm.distributed.eplb.policy.default", None)
+    rebalance, why = ep.load_eplb_policy()
+    assert rebalance is None and "vLLM is not installed" in why
+    assert set(what_if.result(rebalance)["4"]) == {"contiguous"}
+
+
+def test_sglang_logical_count_rows_are_decoder_layers():
+    totals = np.array([[1, 2, 3], [4, 5, 6]])
+    out = ep.sglang_logical_count(totals, layers=[1, 3], num_layers=5)
+    assert out == {"logical_count": [[0, 0, 0], [1, 2, 3], [0, 0, 0], [4, 5, 6], [0, 0, 0]]}
+    with pytest.raises(ValueError, match="layer 3 is not below the model's 3 layers"):
+        ep.sglang_logical_count(totals, layers=[1, 3], num_layers=3)

@@ -1,0 +1,69 @@
+"""The report renders in a real browser (headless Chromium): no script error, no network,
+every figure decodes, the page is not blank, and the text view's layer menu recolours."""
+
+import numpy as np
+import pytest
+from helpers import distinct_ids, write_log
+from PIL import Image
+
+from moe_profiler import report_browser
+from moe_profiler.analysis import pipeline, text_view
+from moe_profiler.local_models import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, questions):
+    tmp = tmp_path_factory.mktemp("browser")
+    rng = np.random.default_rng(5)
+    steps = [distinct_ids(rng, n, 3, 2, 8) for n in (12, 1, 1, 1, 1)]
+    requests = [("3-0000abcd", 0)] + [("3-0000abcd", p) for p in range(12, 16)]
+    log = write_log(
+        tmp / "a.jsonl", steps, layers=(0, 1, 2), requests=requests, prompt_len=12, first_tok=60
+    )
+    other = write_log(tmp / "b.jsonl", [distinct_ids(rng, 9, 3, 2, 8)], layers=(0, 1, 2))
+    tokenizer = tmp / "tokenizer"
+    build_tokenizer(questions[:200], 300).save_pretrained(tokenizer)
+    options = pipeline.Options(tokenizer=str(tokenizer), compare=[str(other)], min_count=1)
+    analysis = pipeline.analyze([str(log)], tmp / "out", options)
+    return tmp / "out" / "report.html", analysis, steps
+
+
+def first_token_colour(page):
+    return page.eval_on_selector("#tv-tokens .tok", "span => span.style.background")
+
+
+def switch_to_layer_2(page):
+    page.select_option("#tv-layer", "2")
+    return first_token_colour(page)
+
+
+def rgb(hex_colour):
+    return "rgb({}, {}, {})".format(*(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)))
+
+
+def test_report_renders_offline_without_errors(report, tmp_path):
+    page, _, steps = report
+    shot = tmp_path / "report.png"
+    seen = report_browser.visit(page, shot, actions=[first_token_colour, switch_to_layer_2])
+    assert seen.errors == [] and seen.requests == [] and seen.broken_images == []
+    colours = text_view.expert_colours(8)
+    first_token = steps[0][0]  # [layers, top-k]; equal weights: the first listed is the top-1
+    assert seen.results == [rgb(colours[first_token[0, 0]]), rgb(colours[first_token[2, 0]])]
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[0] > 3000 and image.shape[1] == 1200  # the whole page, every section
+    not_white = (image < 245).any(axis=2).mean()
+    assert not_white > 0.05 and image.std() > 20
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 500  # figures, not flat colour
+
+
+def test_a_script_error_would_be_caught(report, tmp_path):
+    page, _, _ = report
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        page.read_text().replace('getElementById("tv-layer")', "getElementById(nope)")
+    )
+    assert any("nope" in e for e in report_browser.visit(broken).errors)
+    remote = tmp_path / "remote.html"
+    remote.write_text('<img alt="x" src="http://example.invalid/x.png">')
+    seen = report_browser.visit(remote)
+    assert seen.requests == ["http://example.invalid/x.png"] and seen.broken_images == ["x"]
