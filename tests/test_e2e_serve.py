@@ -122,7 +122,7 @@ def test_stop_start_and_dump_mid_traffic(routes_server, client, tiny_model, ques
     def traffic():
         i = 0
         while not done.is_set():
-            outputs.append(completion(client, tiny_model, questions[30 + i % 40 : 32 + i % 40], 40))
+            outputs.extend(completion(client, tiny_model, questions[30 + i % 40 : 32 + i % 40], 40))
             i += 2
 
     def wait_for_requests(more: int) -> None:
