@@ -2,7 +2,13 @@
 # What a GPU session runs, in the order it runs it (device tool).
 # The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash).
 #
-#   bash bench/gpu_session.sh setup             finish the bundle, patch vLLM, model folder
+#   bash bench/gpu_session.sh setup             finish the bundle, keep a pristine vLLM copy
+#                                               (/tmp/vllm-pristine), patch vLLM, model folders
+#   bash bench/gpu_session.sh micro OUT         recorder_bench.py (device/host cost per piece)
+#                                               and writer_bench.py (the writer's ceiling)
+#   bash bench/gpu_session.sh costs OUT MODEL CONFIGS REPS MEM KV
+#                                               overhead_bench.py: one engine per configuration
+#                                               on GPU0, rotating turns, 1319 GSM8K x 128
 #   bash bench/gpu_session.sh oracle OUT        GPU0: oracle with CUDA graphs, then enforce_eager
 #   bash bench/gpu_session.sh overhead OUT L... GPU0: paired off / logging engines, 1319 GSM8K
 #                                               x 128 and the 25 seed prompts, VLLM_LOG_MOE_LAYER=L
@@ -46,9 +52,30 @@ case "${1:-}" in
   setup)
     bash .gpu/install_bundle.sh finish 2>&1 | tail -5
     activate
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/orjson*.whl
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
+    mkdir -p /tmp/vllm-pristine && cp -a /tmp/vllm015/site/vllm /tmp/vllm-pristine/
     python3 apply_hook.py && python3 bench/gpu_bench.py prepare
+    python3 bench/gpu_bench.py prepare --config-json bench/configs/olmoe-1b-7b-0924.json \
+      --model-dir /tmp/olmoe-dummy
     nvidia-smi --query-gpu=name,memory.total --format=csv
+    ;;
+  micro)
+    activate
+    out=$2
+    mkdir -p "$out"
+    python3 bench/recorder_bench.py --out "$out/recorder.json" 2>&1 | tail -4
+    python3 bench/writer_bench.py --encoders 1,2,4,8 --seconds 6 --out "$out/writer.json"
+    ;;
+  costs)
+    activate
+    out=$2 model=$3 configs=$4 reps=$5 mem=$6 kv=$7
+    mkdir -p "$out"
+    CUDA_VISIBLE_DEVICES=0 python3 bench/overhead_bench.py run --model-dir "/tmp/$model" \
+      --configs "$configs" --reps "$reps" --mem "$mem" --kv-gib "$kv" \
+      --out "$out/costs-$model.json" >"$out/costs-$model.log" 2>&1
+    echo "== costs $model: exit status $?"
+    tail -12 "$out/costs-$model.log"
+    free_gpus
     ;;
   oracle)
     activate

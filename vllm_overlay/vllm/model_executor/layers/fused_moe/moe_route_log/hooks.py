@@ -175,6 +175,7 @@ def end_step(runner, tokens_per_req: np.ndarray) -> None:
     """Log the forward pass ``runner`` just ran: ``tokens_per_req`` per batch request."""
     if _session is None:
         return
+    began = time.perf_counter()
     rows, reqs = int(tokens_per_req.sum()), len(tokens_per_req)
     _session.end_step(
         list(runner.input_batch.req_ids[:reqs]),
@@ -183,6 +184,7 @@ def end_step(runner, tokens_per_req: np.ndarray) -> None:
         runner.positions.np[:rows].copy(),
         runner.input_ids.gpu,
     )
+    _session.end_step_s += time.perf_counter() - began
 
 
 def _check_supported(vllm_config) -> None:

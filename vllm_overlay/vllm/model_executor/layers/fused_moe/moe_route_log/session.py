@@ -140,6 +140,8 @@ class RouteLogSession:
         self.steps = 0  # passes recorded (the `step` of route lines)
         self.wait_s = 0.0
         self.waits = 0
+        self.end_step_s = 0.0  # the engine thread's time in hooks.end_step (a self-profile)
+        self.drain_cpu_s = 0.0  # the drain thread's CPU time (about its GIL time)
         # the open window (engine thread)
         self._window_start = self._window_last = 0.0
         self._window_steps = self._window_tokens = self._window_prefill = 0
@@ -318,6 +320,12 @@ class RouteLogSession:
     # ---- the drain thread ----------------------------------------------------------------
 
     def _drain_loop(self) -> None:
+        try:
+            self._drain_items()
+        finally:
+            self.drain_cpu_s = time.thread_time()
+
+    def _drain_items(self) -> None:
         while (item := self._pending.get()) is not None:
             if isinstance(item, _Routes):
                 self._drain_routes(item)
@@ -405,6 +413,8 @@ class RouteLogSession:
                         "steps": self.steps,
                         "engine_wait_s": round(self.wait_s, 6),
                         "engine_waits": self.waits,
+                        "end_step_s": round(self.end_step_s, 6),
+                        "drain_cpu_s": round(self.drain_cpu_s, 6),
                     },
                 )
             )
