@@ -68,3 +68,17 @@ def test_table_rows_and_checks():
     row = overhead_bench.table_rows(result)
     assert row.startswith("| olmoe | counts vs off | 2 | 100 | 100 | **0.9950** [")
     assert "exact: 1,234 tokens (counted tokens) of 1,234; engine waits 0 |" in row
+
+
+def test_serve_bench_summary_pairs_reps_with_off():
+    import serve_bench
+
+    def runs(values):
+        return [{"output_throughput": v} for v in values]
+
+    summary = serve_bench.summarize(
+        {"20.0": {"off": runs([100, 120, 110]), "counts": runs([99, 121, 110])}}
+    )
+    counts = summary["20.0"]["counts"]
+    assert counts["per_rep"] == [0.99, 1.0083, 1.0] and counts["median_ratio"] == 1.0
+    assert summary["20.0"]["off"] == {"output_tok_s": [100, 120, 110], "median_tok_s": 110}
