@@ -60,7 +60,9 @@ def test_large_steps_are_encoded_in_blocks():
     n = log_format._LINES_PER_BLOCK // 2 + 5  # two blocks with 2 layers
     ids = rng.integers(0, 8, (n, 2, 2)).astype(np.int32)
     weights = rng.random((n, 2, 2)).astype(np.float32)
-    text = log_format.encode_routes(1, [4, 5], ["r-1"], np.array([n]), np.arange(n), np.arange(n), ids, weights)
+    text = log_format.encode_routes(
+        1, [4, 5], ["r-1"], np.array([n]), np.arange(n), np.arange(n), ids, weights
+    )
     lines = text.splitlines()
     assert len(lines) == 2 * n
     assert json.loads(lines[-1])["token"] == n - 1 and json.loads(lines[-1])["pos"] == n - 1
@@ -98,7 +100,9 @@ def test_shape_mismatches_are_refused():
     with pytest.raises(ValueError, match="does not add up"):
         log_format.encode_routes(1, [0], ["r"], np.array([3]), np.arange(2), np.arange(2), ids, w)
     with pytest.raises(ValueError, match="do not match"):
-        log_format.encode_routes(1, [0, 1], ["r"], np.array([2]), np.arange(2), np.arange(2), ids, w)
+        log_format.encode_routes(
+            1, [0, 1], ["r"], np.array([2]), np.arange(2), np.arange(2), ids, w
+        )
     assert (
         log_format.encode_routes(
             1, [0], [], np.array([], dtype=int), np.arange(0), np.arange(0), ids[:0], w[:0]

@@ -61,11 +61,11 @@ def test_bad_lines_warn_or_fail_with_strict(tmp_path):
         f.write(b'{"type":"route","step":9,"to')
     out = plot(log, "--out", tmp_path / "h.png", "--summary", tmp_path / "s.json")
     assert out.returncode == 0
-    assert f"warning: {log.resolve()}:10: truncated last line (skipped)" in out.stderr
+    assert f"warning: {log.resolve()}:11: truncated last line (skipped)" in out.stderr
     assert "1 bad lines skipped (no end-of-log trailer: log incomplete?)" in out.stdout
     strict = plot(log, "--strict", "--out", tmp_path / "h2.png", "--summary", tmp_path / "s2.json")
     assert strict.returncode == 1
-    assert f"plot_experts.py: {log.resolve()}:10: truncated last line" in strict.stderr
+    assert f"plot_experts.py: {log.resolve()}:11: truncated last line" in strict.stderr
     assert not (tmp_path / "h2.png").exists()
 
 

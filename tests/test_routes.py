@@ -62,7 +62,7 @@ def test_bad_lines_are_skipped_with_their_line_numbers(tmp_path):
         "expert ids [1, 1] are not 2 distinct ids in 0..7",
         "truncated last line",
     ]
-    assert [int(p.split(":")[1]) for p in log.problems] == [3, 4, 5, 6, 7, 10]
+    assert [int(p.split(":")[1]) for p in log.problems] == [3, 4, 5, 6, 7, 11]
     assert len(warnings) == 6 and warnings[0].endswith("(skipped)")
     with pytest.raises(routes.RouteLogError, match=r"a.jsonl:3: expert ids \[9, 1\]"):
         read_all(path, strict=True)
@@ -135,7 +135,7 @@ def test_merge_refuses_files_of_different_runs(tmp_path, second, message):
 def test_merge_refuses_mixed_schemas(tmp_path):
     shutil.copy(DATA / "schema1.jsonl", tmp_path / "old.jsonl")
     write_log(tmp_path / "new.jsonl", [], run_id=None, model_id="Qwen/Qwen1.5-MoE-A2.7B-Chat")
-    with pytest.raises(routes.RouteLogError, match=r"\(schema 2\) with .*old.jsonl \(schema 1\)"):
+    with pytest.raises(routes.RouteLogError, match=r"\(schema 3\) with .*old.jsonl \(schema 1\)"):
         routes.open_logs(routes.find_logs([str(tmp_path)]))
 
 
