@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs, in the order it runs it (device tool).
-# The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash).
+# The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash), and a
+# pyarrow wheel for CPython 3.12 be in .gpu/ (pip download --only-binary=:all: --no-deps
+# --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu 'pyarrow>=14'; 55 MB).
 #
 #   bash bench/gpu_session.sh setup             finish the bundle, patch vLLM, model folder
 #   bash bench/gpu_session.sh oracle OUT        GPU0: oracle with CUDA graphs, then enforce_eager
@@ -46,7 +48,8 @@ case "${1:-}" in
   setup)
     bash .gpu/install_bundle.sh finish 2>&1 | tail -5
     activate
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/orjson*.whl
+    # The log checks read with pyarrow (not in vLLM's bundle): a cp312 manylinux wheel in .gpu/
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/pyarrow*.whl
     python3 apply_hook.py && python3 bench/gpu_bench.py prepare
     nvidia-smi --query-gpu=name,memory.total --format=csv
     ;;

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,9 @@ def test_a_reader_stopped_early_leaves_no_thread_behind(tmp_path):
     path = three_requests(tmp_path)[0]
     blocks = routes.iter_blocks([open_one(path)], block_bytes=100)
     next(blocks)
-    blocks.close()  # returns: the prefetching thread is done or cancelled
+    assert any(t.name.startswith("jsonl") for t in threading.enumerate())
+    blocks.close()
+    assert not any(t.name.startswith("jsonl") for t in threading.enumerate())
 
 
 COUNTS_HEADER = {
