@@ -82,26 +82,35 @@ def export_logs(
         )
         path = out_dir / name
         partial = path.with_name(path.name + ".partial")
-        with pq.ParquetWriter(partial, schema, compression=compression) as writer:
-            pending: list[pa.Table] = []
-            rows = 0
-            items = (
-                routes.iter_counts([log], strict, warn)
-                if counts
-                else routes.iter_blocks([log], strict, warn)
-            )
-            for item in items:
-                table = counts_table(item, log) if counts else routes_table(item, log)
-                pending.append(table)
-                rows += table.num_rows
-                if rows >= ROW_GROUP_LINES:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=rows)
-                    pending, rows = [], 0
-            if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=rows)
+        try:
+            _write(log, partial, schema, compression, strict, warn)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(path)  # a finished file only: never half a log under the real name
         written.append(path)
     return written
+
+
+def _write(log, path: Path, schema: pa.Schema, compression: str, strict: bool, warn) -> None:
+    counts = log.mode == routes.COUNTS_MODE
+    with pq.ParquetWriter(path, schema, compression=compression) as writer:
+        pending: list[pa.Table] = []
+        rows = 0
+        items = (
+            routes.iter_counts([log], strict, warn)
+            if counts
+            else routes.iter_blocks([log], strict, warn)
+        )
+        for item in items:
+            table = counts_table(item, log) if counts else routes_table(item, log)
+            pending.append(table)
+            rows += table.num_rows
+            if rows >= ROW_GROUP_LINES:
+                writer.write_table(pa.concat_tables(pending), row_group_size=rows)
+                pending, rows = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=rows)
 
 
 def routes_table(block: RouteBlock, log: routes.LogFile) -> pa.Table:

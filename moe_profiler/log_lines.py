@@ -156,7 +156,7 @@ class RouteLines:
 
     def _grow(self, n: int) -> None:
         if len(self.prompt_len) < n:
-            extra = n - len(self.prompt_len)
+            extra = max(n, 2 * len(self.prompt_len)) - len(self.prompt_len)
             self.prompt_len = np.concatenate([self.prompt_len, np.full(extra, -1, np.int64)])
             self.seen_from = np.concatenate([self.seen_from, np.full(extra, _NEVER, np.int64)])
 

@@ -142,3 +142,18 @@ def test_two_logs_with_one_name_are_refused(tmp_path):
     with pytest.raises(routes.RouteLogError, match=r"both be exported to routes\.parquet"):
         export.export_logs(routes.open_logs([a, b]), tmp_path / "pq")
     assert not (tmp_path / "pq").exists()
+
+
+def test_a_strict_export_that_fails_leaves_no_file(tmp_path):
+    logs = routes.open_logs(two_ranks(tmp_path))
+    with pytest.raises(routes.RouteLogError, match=r"dp1-pp0.jsonl:6: route line without"):
+        export.export_logs(logs, tmp_path / "pq", strict=True)
+    assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == ["routes.gpu-a.dp0-pp0.parquet"]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "snappy", "gzip", "none"])
+def test_compressions(tmp_path, compression):
+    (path,) = export.export_logs(
+        routes.open_logs([REPO / "tests/data/schema1.jsonl"]), tmp_path, compression=compression
+    )
+    assert pq.read_table(path).num_rows == 3
