@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Expert usage from route logs: histogram PNG, JSON summary and a table.
 
-Reads the logs as a stream (constant memory), merges several files (one per
-rank of a multi-GPU run: give them one by one, as a folder, or as a glob) after
-checking they come from one run, and writes:
+Reads the logs in column blocks (constant memory), merges several files (one
+per rank of a multi-GPU run, or the parts of a rotated log: give them one by
+one, as a folder, or as a glob) after checking they come from one run, and
+writes (counts logs: the sum of their windows):
 
   expert_hist.png      usage count per expert for one layer (dashed line: the
                        uniform share), plus a layer x expert heatmap when
@@ -17,57 +18,22 @@ Corrupt or truncated lines are reported with file and line number and skipped
 
   python3 plot_experts.py                           # moe_routes.jsonl
   python3 plot_experts.py 'runs/tp2/*.jsonl' --layer 5
+
+Installed (pip install '.[analysis]'), the same is `moe-profiler plot`.
 """
 
 import argparse
 import sys
-from pathlib import Path
 
-from moe_profiler import report, routes
+from moe_profiler import cli
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "logs",
-        nargs="*",
-        default=["moe_routes.jsonl"],
-        help="log files, folders or globs (default: moe_routes.jsonl)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("expert_hist.png"),
-        help="histogram PNG to write (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--summary",
-        type=Path,
-        default=Path("expert_summary.json"),
-        help="summary JSON to write (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--layer",
-        type=int,
-        default=None,
-        help="layer of the histogram (default: the first logged layer)",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail on the first corrupt or truncated line instead of skipping it",
-    )
-    args = parser.parse_args()
-    try:
-        summary = report.analyze(args.logs, args.out, args.summary, args.strict, args.layer)
-    except (routes.RouteLogError, OSError) as e:
-        print(f"plot_experts.py: {e}", file=sys.stderr)
-        return 1
-    print(report.table(summary))
-    print(f"wrote {args.out} and {args.summary}")
-    return 0
+    cli.add_plot_arguments(parser)
+    return cli.run_plot(parser.parse_args(), prog="plot_experts.py")
 
 
 if __name__ == "__main__":

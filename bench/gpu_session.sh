@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs, in the order it runs it (device tool).
-# The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash).
+# The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash), and a
+# pyarrow wheel for CPython 3.12 be in .gpu/ (pip download --only-binary=:all: --no-deps
+# --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu 'pyarrow>=14'; 55 MB).
 #
 #   bash bench/gpu_session.sh setup             finish the bundle, keep a pristine vLLM copy
 #                                               (/tmp/vllm-pristine), patch vLLM, model folders
@@ -52,6 +54,7 @@ case "${1:-}" in
   setup)
     bash .gpu/install_bundle.sh finish 2>&1 | tail -5
     activate
+    # the log checks read with pyarrow (not in vLLM's bundle): cp312 wheels in .gpu/
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
     mkdir -p /tmp/vllm-pristine && cp -a /tmp/vllm015/site/vllm /tmp/vllm-pristine/
     python3 apply_hook.py && python3 bench/gpu_bench.py prepare

@@ -42,3 +42,39 @@ class RouteBlock:
         """int32 [n]: the expert with the largest weight of each line."""
         best = np.argmax(self.weights, axis=1)
         return self.experts[np.arange(len(best)), best]
+
+    def select(self, rows: np.ndarray | slice) -> RouteBlock:
+        """The lines ``rows`` (a boolean mask, indices or a slice) as a block of their own."""
+        return RouteBlock(
+            self.source,
+            *(getattr(self, name)[rows] for name in _ARRAYS),
+            requests=self.requests,
+        )
+
+    @staticmethod
+    def concat(blocks: list[RouteBlock]) -> RouteBlock:
+        """Consecutive blocks of one file as one block."""
+        first = blocks[0]
+        return RouteBlock(
+            first.source,
+            *(np.concatenate([getattr(b, name) for b in blocks]) for name in _ARRAYS),
+            requests=first.requests,
+        )
+
+
+_ARRAYS = ("step", "token", "layer", "request", "pos", "tok", "phase", "experts", "weights")
+
+
+@dataclass
+class CountsWindow:
+    """One line of a counts log: how often each expert was chosen in a time window."""
+
+    source: int  # index of the file in the read
+    t_start: float  # window start, seconds since the epoch
+    t_end: float  # window end
+    steps: int  # forward passes in the window
+    tokens: int  # tokens routed in the window (each once per logged layer)
+    prefill_tokens: int  # ... of which prompt tokens
+    layers: np.ndarray  # int32 [L]: the layers of the rows below
+    counts: np.ndarray  # int64 [L, num_experts]: times each expert was in a token's top-k
+    weight_sums: np.ndarray  # float64 [L, num_experts]: sum of its router weights

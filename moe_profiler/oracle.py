@@ -52,31 +52,52 @@ def compare(
 ) -> Agreement:
     """Compare ``logs`` with ``reference[request] = ids[tokens, len(layers), top_k]``.
 
-    Requests are matched by the id the user saw (``Route.request``); positions
+    Requests are matched by the id the user saw (vLLM's id without its "-<8 hex>"); positions
     below ``skip_positions[request]`` (prefix-cached tokens, never recomputed)
-    are left out of the comparison.
+    are left out of the comparison. When a (token, layer) pair has several lines
+    (a recomputed token), the last one is compared.
     """
     skip = skip_positions or {}
-    column = {layer: i for i, layer in enumerate(layers)}
-    logged = {r: np.full(ids.shape, -1, dtype=np.int64) for r, ids in reference.items()}
+    names = list(reference)
+    lengths = np.array([len(reference[r]) for r in names], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(lengths)])
+    num_layers = len(layers)
+    top_k = np.shape(reference[names[0]])[-1] if names else 1
+    theirs = np.empty((int(start[-1]), num_layers, top_k), dtype=np.int32)
+    for i, name in enumerate(names):  # sorted ids, filled request by request: no big copy
+        theirs[start[i] : start[i + 1]] = np.sort(reference[name], axis=-1)
+    theirs = theirs.reshape(-1, top_k)  # one row per (token, layer) cell
+    column = np.full(max(layers, default=0) + 1, -1, dtype=np.int64)
+    column[layers] = np.arange(num_layers)
+    seen = np.zeros(len(theirs), dtype=bool)  # the cell has a line
+    same = np.zeros(len(theirs), dtype=bool)  # ... and its last line has the reference's ids
+    which = {name: i for i, name in enumerate(names)}
+    reference_of = np.zeros(0, dtype=np.int64)  # request code -> index in names (-1: none)
     result = Agreement(requests=len(reference))
-    for log in logs:
-        for route in routes.iter_routes(log, strict=True):
-            table = logged.get(route.request)
-            col = column.get(route.layer)
-            if table is None or col is None or route.pos is None or route.pos >= len(table):
-                result.unknown += 1
-                continue
-            if table[route.pos, col, 0] >= 0:
-                result.duplicates += 1
-            table[route.pos, col] = sorted(route.experts)
-    for request, ids in reference.items():
-        first = skip.get(request, 0)
-        ours = logged[request][first:]
-        theirs = np.sort(np.asarray(ids, dtype=np.int64)[first:], axis=-1)
-        result.reference_tokens += len(theirs)
-        result.logged_tokens += int((ours[:, :, 0] >= 0).any(axis=1).sum())
-        result.pairs += theirs.shape[0] * theirs.shape[1]
-        result.missing += int((ours[:, :, 0] < 0).sum())
-        result.identical += int((ours == theirs).all(axis=-1).sum())
+    for block in routes.iter_blocks(logs, strict=True):
+        new = block.requests[len(reference_of) :]
+        found = [which.get(r.rsplit("-", 1)[0], -1) for r in new]
+        reference_of = np.concatenate([reference_of, np.array(found, dtype=np.int64)])
+        ref = np.where(block.request >= 0, reference_of[block.request], -1)
+        in_range = block.layer < len(column)
+        col = np.where(in_range, column[np.where(in_range, block.layer, 0)], -1)
+        ok = (ref >= 0) & (col >= 0) & (block.pos >= 0)
+        ok &= block.pos < np.where(ref >= 0, lengths[ref], 0)
+        result.unknown += int((~ok).sum())
+        cell = (start[ref[ok]] + block.pos[ok]) * num_layers + col[ok]
+        cells = np.unique(cell)
+        result.duplicates += len(cell) - len(cells) + int(seen[cells].sum())
+        last = len(cell) - 1 - np.unique(cell[::-1], return_index=True)[1]
+        ours = np.sort(block.experts[ok][last], axis=1)
+        same[cells] = (ours == theirs[cells]).all(axis=1)
+        seen[cells] = True
+    counted = np.ones(int(start[-1]), dtype=bool)  # tokens compared: not prefix-cached
+    for i, name in enumerate(names):
+        counted[start[i] : start[i] + min(skip.get(name, 0), lengths[i])] = False
+    seen, same = seen.reshape(-1, num_layers)[counted], same.reshape(-1, num_layers)[counted]
+    result.reference_tokens = int(counted.sum())
+    result.logged_tokens = int(seen.any(axis=1).sum())
+    result.pairs = seen.size
+    result.missing = int((~seen).sum())
+    result.identical = int(same.sum())
     return result

@@ -16,16 +16,24 @@ def analyze(
     strict: bool = False,
     hist_layer: int | None = None,
 ) -> dict:
-    """Read every route of the logs ``specs`` (files, folders, globs) once; write the outputs."""
+    """Read the logs ``specs`` (files, folders, globs) once; write the outputs.
+
+    Routes logs are counted line by line; counts logs add up their windows.
+    """
     paths = routes.find_logs(specs)
     logs = routes.open_logs(paths)
     header = logs[0].header
     layers = sorted({layer for log in logs for layer in log.header["layers"]})
     counter = stats.UsageCounter(layers, header["num_experts"])
-    for log in logs:
-        counter.add_all(routes.iter_routes(log, strict=strict))
+    if logs[0].mode == routes.COUNTS_MODE:
+        for window in routes.iter_counts(logs, strict=strict):
+            counter.add_counts(window)
+    else:
+        for block in routes.iter_blocks(logs, strict=strict):
+            counter.add_block(block)
     per_layer = counter.summary(header["top_k"])
     summary = {
+        "mode": logs[0].mode,
         "model_id": header.get("model_id"),
         "model_name": model_label(header),
         "run_id": header.get("run_id"),
@@ -35,6 +43,7 @@ def analyze(
         "files": [str(log.path) for log in logs],
         "ranks": sorted({_rank_label(log.ranks) for log in logs}),
         "route_lines": sum(log.routes for log in logs),
+        "count_windows": sum(log.windows for log in logs),
         "skipped_lines": sum(len(log.problems) for log in logs),
         "complete": all(log.trailer is not None for log in logs),
         "engine_wait_s": sum((log.trailer or {}).get("engine_wait_s", 0.0) for log in logs),
@@ -56,7 +65,11 @@ def table(summary: dict) -> str:
     """A few lines per layer for the terminal."""
     lines = [
         f"{len(summary['files'])} file(s), ranks {', '.join(summary['ranks'])}: "
-        f"{summary['route_lines']:,} route lines"
+        + (
+            f"{summary['count_windows']:,} count windows"
+            if summary.get("mode") == routes.COUNTS_MODE
+            else f"{summary['route_lines']:,} route lines"
+        )
         + (f", {summary['skipped_lines']} bad lines skipped" if summary["skipped_lines"] else "")
         + ("" if summary["complete"] else " (no end-of-log trailer: log incomplete?)"),
         f"{'layer':>5} {'tokens':>9} {'max/mean':>8} {'cv':>6} {'entropy':>7} {'jain':>6}"

@@ -1,39 +1,46 @@
-"""Read route logs back: one file, several files, a folder or a glob, as a stream.
+"""Read route logs back: find the files of a run, check they merge, stream them as columns.
 
-This is the one place that parses the JSONL format written by
-``vllm_overlay/.../moe_route_log/log_format.py`` (schema 2, and schema 1 of the
-first releases). Memory stays constant in the log's size: lines are parsed one
-at a time (with orjson when installed). Bad lines are reported with their file
-and line number; by default they are skipped with a warning, ``strict`` makes
-the first one fatal.
+The one reader of the JSONL format written by ``vllm_overlay/.../moe_route_log/log_format.py``
+(schemas 1 to 3; routes logs and counts logs; rotated parts). ``iter_blocks`` yields
+route lines as ``RouteBlock`` columns, ``iter_counts`` the windows of counts logs;
+``iter_routes`` is a per-line view of the same blocks, for small logs and tests.
+Parsing is Apache Arrow's (``jsonl_blocks``), the checks are on whole columns
+(``log_lines``), and memory stays constant in the log's size. Bad lines are reported
+with their file and line number: skipped with a warning by default, fatal with
+``strict``.
 
-Schema 1 route lines carry no vLLM request id or position (their ``req_id``
-was the run label); they are read with ``req_id`` and ``pos`` None.
+Schema 1 route lines carry no vLLM request id or position (their ``req_id`` was the
+run label): their ``request`` and ``pos`` are -1 (``Route``: None).
 """
 
 from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import orjson
+import numpy as np
 
-    _loads: Callable = orjson.loads
-    _DecodeError: tuple = (orjson.JSONDecodeError,)
-except ImportError:  # pragma: no cover - orjson is in requirements.txt
-    import json
-
-    _loads = json.loads
-    _DecodeError = (json.JSONDecodeError, UnicodeDecodeError)
+from moe_profiler.columns import PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
+from moe_profiler.jsonl_blocks import BLOCK_BYTES, iter_line_blocks
+from moe_profiler.log_lines import (
+    COUNTS_SCHEMA,
+    ROUTE_SCHEMA,
+    CountsLines,
+    Problem,
+    RequestIds,
+    RouteLines,
+)
 
 SUPPORTED_SCHEMAS = (1, 2, 3)
+ROUTES_MODE, COUNTS_MODE = "routes", "counts"
 
 
 class RouteLogError(ValueError):
@@ -42,7 +49,7 @@ class RouteLogError(ValueError):
 
 @dataclass(frozen=True)
 class Route:
-    """One route line: a token's experts and weights at one layer."""
+    """One route line: a token's experts and weights at one layer (a view of a block row)."""
 
     step: int
     token: int
@@ -68,16 +75,36 @@ class LogFile:
     header: dict
     trailer: dict | None = None
     problems: list[str] = field(default_factory=list)
-    routes: int = 0
+    routes: int = 0  # good route lines read
+    windows: int = 0  # good counts lines read (counts logs)
+    controls: list[dict] = field(default_factory=list)  # recording switched on/off
 
     @property
     def schema(self) -> int:
         return self.header["schema"]
 
     @property
+    def mode(self) -> str:
+        """``routes`` (one line per token and layer) or ``counts`` (one line per time window)."""
+        return self.header.get("mode", ROUTES_MODE)
+
+    @property
     def ranks(self) -> dict:
         """dp/pp/tp ranks (schema 1 logs are single-rank)."""
         return self.header.get("ranks") or {"dp": 0, "pp": 0, "tp": 0}
+
+    @property
+    def part(self) -> int:
+        """Which part of its rank's rotated log this file is (0: the first, or not rotated)."""
+        return self.header.get("part", 0)
+
+    def rank_key(self) -> tuple[int, int, int, int]:
+        """(dp, pp, tp, part): no two files of one run may share it."""
+        r = self.ranks
+        return (r.get("dp", 0), r.get("pp", 0), r.get("tp", 0), self.part)
+
+    def _start_reading(self) -> None:
+        self.trailer, self.problems, self.routes, self.windows, self.controls = None, [], 0, 0, []
 
 
 def read_header(path: Path) -> dict:
@@ -87,8 +114,8 @@ def read_header(path: Path) -> dict:
     if not first:
         raise RouteLogError(f"{path}: empty file, no header line")
     try:
-        header = _loads(first)
-    except _DecodeError:
+        header = json.loads(first)
+    except ValueError:
         raise RouteLogError(f"{path}:1: the header line is not JSON") from None
     if not isinstance(header, dict) or header.get("type") != "meta":
         raise RouteLogError(f'{path}:1: the first line is not a header ({{"type": "meta", ...}})')
@@ -100,88 +127,109 @@ def read_header(path: Path) -> dict:
     for key in ("layers", "num_experts", "top_k"):
         if key not in header:
             raise RouteLogError(f"{path}:1: the header has no {key!r}")
+    if header.get("mode", ROUTES_MODE) not in (ROUTES_MODE, COUNTS_MODE):
+        raise RouteLogError(f"{path}:1: mode {header['mode']!r} is not 'routes' or 'counts'")
+    if not isinstance(header.get("part", 0), int) or header.get("part", 0) < 0:
+        raise RouteLogError(f"{path}:1: part {header['part']!r} is not a part number (0, 1, ...)")
     return header
+
+
+def iter_blocks(
+    logs: list[LogFile],
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[RouteBlock]:
+    """The good route lines of ``logs`` (a routes log each), file by file, as column blocks.
+
+    ``source`` is the file's index in ``logs``; request ids are interned in one table
+    for all files. A block never splits a (step, token): all its logged layers are in
+    one block. Each file's ``trailer``, ``problems``, ``routes`` and ``controls`` are
+    filled in as it is read.
+    """
+    requests = RequestIds()
+    for source, log in enumerate(logs):
+        _expect_mode(log, ROUTES_MODE)
+        log._start_reading()
+        lines = RouteLines(log, source, requests)
+        held: RouteBlock | None = None  # the last token's lines, until its group is complete
+        for parsed in iter_line_blocks(log.path, ROUTE_SCHEMA, block_bytes=block_bytes):
+            block, problems = lines.block(parsed)
+            _report(log, problems, strict, warn)
+            if held is not None:
+                block = RouteBlock.concat([held, block])
+            cut = _last_token_start(block)
+            block, held = block.select(slice(0, cut)), block.select(slice(cut, None))
+            if len(block):
+                yield block
+        if held is not None and len(held):
+            yield held
+
+
+def iter_counts(
+    logs: list[LogFile], strict: bool = False, warn: Callable[[str], None] | None = None
+) -> Iterator[CountsWindow]:
+    """The windows of counts logs, file by file (``source``: the file's index in ``logs``)."""
+    for source, log in enumerate(logs):
+        _expect_mode(log, COUNTS_MODE)
+        log._start_reading()
+        lines = CountsLines(log, source)
+        for parsed in iter_line_blocks(log.path, COUNTS_SCHEMA):
+            windows, problems = lines.windows(parsed)
+            _report(log, problems, strict, warn)
+            yield from windows
 
 
 def iter_routes(
     log: LogFile, strict: bool = False, warn: Callable[[str], None] | None = None
 ) -> Iterator[Route]:
-    """Every valid route line of ``log``, in file order. Fills ``log.trailer``/``problems``."""
-    log.trailer, log.problems, log.routes = None, [], 0
-    header = log.header
-    top_k, num_experts = header["top_k"], header["num_experts"]
-    layers = set(header["layers"])
-    schema2, schema3 = log.schema >= 2, log.schema >= 3
-    prompt_len: dict[str, int] = {}
-    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    """Every good route line of ``log`` as a ``Route`` (one Python object a line: small logs)."""
+    for block in iter_blocks([log], strict, warn):
+        known = block.phase != UNKNOWN_PHASE
+        for i in range(len(block)):
+            request = int(block.request[i])
+            pos, tok = int(block.pos[i]), int(block.tok[i])
+            yield Route(
+                int(block.step[i]),
+                int(block.token[i]),
+                int(block.layer[i]),
+                block.experts[i].tolist(),
+                block.weights[i].tolist(),
+                block.requests[request] if request >= 0 else None,
+                pos if pos >= 0 else None,
+                tok if tok >= 0 else None,
+                bool(block.phase[i] == PREFILL) if known[i] else None,
+            )
 
-    def problem(line_no: int, what: str) -> None:
-        message = f"{log.path}:{line_no}: {what}"
+
+def _expect_mode(log: LogFile, mode: str) -> None:
+    if log.mode != mode:
+        reader = "iter_counts" if log.mode == COUNTS_MODE else "iter_blocks"
+        raise RouteLogError(f"{log.path} is a {log.mode} log: read it with {reader}")
+
+
+def _last_token_start(block: RouteBlock) -> int:
+    """Where the lines of the block's last (step, token) begin (they are consecutive)."""
+    if not len(block):
+        return 0
+    other = (block.step != block.step[-1]) | (block.token != block.token[-1])
+    earlier = np.flatnonzero(other)
+    return int(earlier[-1]) + 1 if len(earlier) else 0
+
+
+def _report(
+    log: LogFile, problems: list[Problem], strict: bool, warn: Callable[[str], None] | None
+) -> None:
+    for line_no, why in sorted(problems):
+        message = f"{log.path}:{line_no}: {why}"
         if strict:
             raise RouteLogError(message)
         log.problems.append(message)
-        warn(message + " (skipped)")
-
-    with open(log.path, "rb") as f:
-        f.readline()
-        for line_no, line in enumerate(f, start=2):
-            if log.trailer is not None:
-                problem(line_no, "line after the end-of-log trailer")
-                continue
-            try:
-                rec = _loads(line)
-            except _DecodeError:
-                complete = line.endswith(b"\n")
-                problem(line_no, "not valid JSON" if complete else "truncated last line")
-                continue
-            kind = rec.get("type") if isinstance(rec, dict) else None
-            if kind == "end":
-                log.trailer = rec
-                continue
-            if kind == "request" and schema3:
-                prompt_len[rec.get("req_id")] = rec.get("prompt_len")
-                continue
-            if kind in ("control", "counts") and schema3:
-                continue  # run-time start/stop; counts windows (not routes)
-            if kind != "route":
-                problem(line_no, f"unexpected line type {kind!r}")
-                continue
-            try:
-                experts, weights, layer = rec["experts"], rec["weights"], rec["layer"]
-                route = Route(
-                    rec["step"],
-                    rec["token"],
-                    layer,
-                    experts,
-                    weights,
-                    rec["req_id"] if schema2 else None,
-                    rec["pos"] if schema2 else None,
-                    rec["tok"] if schema3 else None,
-                    _is_prefill(rec["pos"], prompt_len.get(rec["req_id"])) if schema3 else None,
-                )
-            except (KeyError, TypeError) as e:
-                problem(line_no, f"route line without {e}")
-                continue
-            if layer not in layers:
-                problem(line_no, f"layer {layer!r} is not a logged layer")
-            elif len(experts) != top_k or len(weights) != top_k:
-                problem(
-                    line_no, f"{len(experts)} experts / {len(weights)} weights, not top_k={top_k}"
-                )
-            elif len(set(experts)) != top_k or not all(
-                type(e) is int and 0 <= e < num_experts for e in experts
-            ):
-                problem(
-                    line_no,
-                    f"expert ids {experts} are not {top_k} distinct ids in 0..{num_experts - 1}",
-                )
-            else:
-                log.routes += 1
-                yield route
+        (warn or _warn)(message + " (skipped)")
 
 
-def _is_prefill(pos: int, prompt_len: int | None) -> bool | None:
-    return None if prompt_len is None else pos < prompt_len
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def find_logs(specs: list[str]) -> list[Path]:
@@ -204,15 +252,19 @@ def find_logs(specs: list[str]) -> list[Path]:
 
 
 def open_logs(paths: list[Path]) -> list[LogFile]:
-    """Headers of logs to be merged: refused unless they come from one run."""
+    """Headers of logs to be merged: refused unless they come from one run.
+
+    One run: the same schema, mode, ``run_id``, model and expert counts; every file a
+    different (dp, pp, tp) rank or a different part of one rank's rotated log.
+    """
     logs = [LogFile(p, read_header(p)) for p in paths]
     first = logs[0]
     for log in logs[1:]:
-        if log.schema != first.schema:
-            raise RouteLogError(
-                f"cannot merge {first.path} (schema {first.schema}) with {log.path} "
-                f"(schema {log.schema})"
-            )
+        for what, a, b in (("schema", first.schema, log.schema), ("mode", first.mode, log.mode)):
+            if a != b:
+                raise RouteLogError(
+                    f"cannot merge {first.path} ({what} {a}) with {log.path} ({what} {b})"
+                )
         for key in ("run_id", "model_id", "num_experts", "top_k"):
             if log.header.get(key) != first.header.get(key):
                 raise RouteLogError(
@@ -221,10 +273,11 @@ def open_logs(paths: list[Path]) -> list[LogFile]:
                 )
     seen: dict[tuple, Path] = {}
     for log in logs:
-        key = (log.ranks.get("dp", 0), log.ranks.get("pp", 0), log.ranks.get("tp", 0))
+        key = log.rank_key()
         if key in seen:
             raise RouteLogError(
-                f"{seen[key]} and {log.path} both hold dp/pp/tp ranks {key} of one run"
+                f"{seen[key]} and {log.path} both hold dp/pp/tp ranks {key[:3]}, part {key[3]}, "
+                "of one run"
             )
         seen[key] = log.path
     return logs
@@ -248,9 +301,13 @@ def wait_until_complete(path: Path, timeout: float = 600.0) -> None:
 
 
 def rank_files(path: Path) -> list[Path]:
-    """The files of a run with ``VLLM_LOG_MOE=path``: the path itself, or one per rank
-    (``<stem>.<host>.dp<d>-pp<p><suffix>``, see the README)."""
+    """The files of a run with ``VLLM_LOG_MOE=path``: the path itself, one per rank
+    (``<stem>.<host>.dp<d>-pp<p><suffix>``), and the parts of rotated logs
+    (``<stem>[.<host>.dp<d>-pp<p>].p<k><suffix>``), see the README."""
     stem, suffix = os.path.splitext(str(path))
-    pattern = glob.escape(stem) + ".*.dp*-pp*" + glob.escape(suffix)
+    name = re.compile(
+        re.escape(stem) + r"(\.[^/]+\.dp\d+-pp\d+)?(\.p\d+)?" + re.escape(suffix) + r"\Z"
+    )
+    candidates = glob.glob(glob.escape(stem) + ".*" + glob.escape(suffix))
     files = [Path(path)] if Path(path).exists() else []
-    return files + sorted(Path(p) for p in glob.glob(pattern))
+    return files + sorted(Path(p) for p in candidates if name.match(p) and p != str(path))

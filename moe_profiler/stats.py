@@ -1,53 +1,44 @@
-"""Expert usage counts and load-balance metrics from a stream of routes."""
+"""Expert usage counts and load-balance metrics from route blocks or counts windows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
-from moe_profiler.routes import Route
-
-_FLUSH_EVERY = 1 << 20  # expert ids buffered before a bincount
+from moe_profiler.columns import CountsWindow, RouteBlock
 
 
 class UsageCounter:
     """Counts how often each expert of each logged layer is chosen, and its weight sum.
 
-    Feed routes with ``add_all``; memory is constant (ids are binned in batches).
+    Feed it route blocks (``add_block``) or the windows of a counts log
+    (``add_counts``); memory is constant.
     """
 
     def __init__(self, layers: list[int], num_experts: int) -> None:
         self.layers = sorted(layers)
         self.num_experts = num_experts
-        self._row = {layer: i for i, layer in enumerate(self.layers)}
+        self._row = np.full(max(self.layers, default=0) + 1, -1, dtype=np.int64)
+        self._row[self.layers] = np.arange(len(self.layers))
         self.counts = np.zeros((len(self.layers), num_experts), dtype=np.int64)
         self.weight_sums = np.zeros((len(self.layers), num_experts), dtype=np.float64)
-        self._ids: list[int] = []
-        self._weights: list[float] = []
 
-    def add_all(self, routes: Iterable[Route]) -> None:
-        """Count every route of ``routes``."""
-        ids, weights, row_of, size = self._ids, self._weights, self._row, self.num_experts
-        for route in routes:
-            base = row_of[route.layer] * size
-            ids.extend(base + e for e in route.experts)
-            weights.extend(route.weights)
-            if len(ids) >= _FLUSH_EVERY:
-                self._flush()
-        self._flush()
-
-    def _flush(self) -> None:
-        if not self._ids:
+    def add_block(self, block: RouteBlock) -> None:
+        """Count every line of ``block`` (its layers must be among ``layers``)."""
+        if not len(block):
             return
-        flat = np.asarray(self._ids, dtype=np.int64)
-        cells = self.counts.size
-        self.counts += np.bincount(flat, minlength=cells).reshape(self.counts.shape)
+        cells = (self._row[block.layer] * self.num_experts)[:, None] + block.experts
+        self.counts += np.bincount(cells.ravel(), minlength=self.counts.size).reshape(
+            self.counts.shape
+        )
         self.weight_sums += np.bincount(
-            flat, weights=np.asarray(self._weights, dtype=np.float64), minlength=cells
+            cells.ravel(), weights=block.weights.ravel(), minlength=self.counts.size
         ).reshape(self.counts.shape)
-        self._ids.clear()
-        self._weights.clear()
+
+    def add_counts(self, window: CountsWindow) -> None:
+        """Add the counts of one window of a counts log."""
+        rows = self._row[window.layers]
+        self.counts[rows] += window.counts
+        self.weight_sums[rows] += window.weight_sums
 
     def summary(self, top_k: int) -> dict:
         """Per layer: tokens, counts and mean weight per expert, and load metrics."""

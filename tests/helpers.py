@@ -56,6 +56,7 @@ def write_log(
         )
     if trailer:
         chunks.append(log_format.trailer_line({"steps": len(steps)}))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(b"".join(chunks))
     return Path(path)
 

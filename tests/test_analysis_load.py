@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 from helpers import route_block, write_log
 
-from moe_profiler.analysis.blocks import iter_blocks
 from moe_profiler.analysis.load import PhaseLoad
 from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE
-from moe_profiler.routes import LogFile, read_header
+from moe_profiler.routes import LogFile, iter_blocks, read_header
 
 P, D, U = PREFILL, DECODE, UNKNOWN_PHASE
 

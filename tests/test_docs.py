@@ -22,7 +22,10 @@ SCRIPTS = [
     "bench/gpu_bench.py",
     "bench/parse_bench.py",
     "bench/report_bench.py",
+    "bench/reader_alternatives.py",
 ]
+COMMANDS = [["-m", "moe_profiler.cli"], ["-m", "moe_profiler.cli", "plot"]]
+COMMANDS += [["-m", "moe_profiler.cli", "export"]]
 
 
 def test_readme_env_table_is_envs_py():
@@ -32,10 +35,11 @@ def test_readme_env_table_is_envs_py():
         assert f"| `{name}` | {shown} | {doc} |" in readme, f"README's row of {name} is out of date"
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + COMMANDS)
 def test_help_explains_every_option(script):
+    command = script if isinstance(script, list) else [script]
     out = subprocess.run(
-        [sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout

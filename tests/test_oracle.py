@@ -52,3 +52,21 @@ def test_logged_tokens_of_a_request_output():
     assert oracle.logged_tokens(output(10, 4, None)) == 13
     assert oracle.logged_tokens(output(10, 4, 0)) == 13
     assert oracle.logged_tokens(output(300, 1, 256)) == 44
+
+
+def test_requests_spread_over_rank_files(tmp_path):
+    rng = np.random.default_rng(2)
+    a, b = distinct_ids(rng, 4, 2, 2, 8), distinct_ids(rng, 3, 2, 2, 8)
+    paths = [
+        write_log(
+            tmp_path / f"r.h.dp{dp}-pp0.jsonl",
+            [ids],
+            requests=[(f"{dp}-ffff", 0)],
+            ranks={"dp": dp},
+        )
+        for dp, ids in ((0, a), (1, b))
+    ]
+    logs = routes.open_logs(paths)
+    result = oracle.compare(logs, {"0": a, "1": b[:2]}, [0, 1])
+    assert (result.pairs, result.identical, result.missing) == (12, 12, 0)
+    assert (result.unknown, result.duplicates, result.logged_tokens) == (2, 0, 6)

@@ -20,9 +20,9 @@ from moe_profiler.analysis import (
     text_view,
     token_experts,
 )
-from moe_profiler.analysis.blocks import iter_blocks
 from moe_profiler.columns import RouteBlock
 from moe_profiler.report import model_label
+from moe_profiler.routes import iter_blocks
 
 
 class OptionError(ValueError):

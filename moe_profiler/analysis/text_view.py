@@ -37,8 +37,9 @@ class RequestTokens:
         """Keep the lines of the chosen (or candidate) requests in ``block``."""
         present, first = np.unique(block.request, return_index=True)
         for index in present[np.argsort(first)]:
-            if index >= 0 and len(self._first_seen) < 8:
-                self._first_seen.append(block.requests[index])
+            name = block.requests[index] if index >= 0 else None
+            if name is not None and len(self._first_seen) < 8 and name not in self._first_seen:
+                self._first_seen.append(name)  # a request spans blocks: name it once
             key = (block.source, int(index))
             if key in self._parts or not self._wanted(block.requests, int(index)):
                 continue
