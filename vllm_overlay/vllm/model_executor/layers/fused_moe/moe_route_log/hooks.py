@@ -44,6 +44,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     from vllm.distributed.parallel_state import get_dp_group, get_ep_group, get_pp_group
     from vllm.model_executor.layers.fused_moe.layer import FusedMoE
 
+    from . import routing
     from .recorder import LayerRecorder
     from .session import RouteLogSession
 
@@ -66,6 +67,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     hostname = socket.gethostname()
     path = rank_log_path(config.path, dp_rank, dp_size, pp_rank, pp_size, hostname)
     first_layer = moe_layers[layers[0]]
+    blocks = routing.moe_blocks(model)
     model_config = vllm_config.model_config
     ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model
@@ -82,6 +84,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         "moe_layers": sorted(moe_layers),
         "num_experts": first_layer.logical_num_experts,
         "top_k": first_layer.top_k,
+        "routing": routing.describe(first_layer, blocks.get(id(first_layer))),
         "expert_ids": "logical",
         "weights_decimals": WEIGHT_DECIMALS,
         "ranks": {
@@ -112,9 +115,9 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         device=vllm_config.device_config.device,
     )
     for slot, layer_id in enumerate(layers):
-        moe_layers[layer_id].moe_route_recorder = LayerRecorder(
-            moe_layers[layer_id], session.buffers, slot, dp_rank
-        )
+        layer = moe_layers[layer_id]
+        scale = routing.weight_scale(layer, blocks.get(id(layer)))
+        layer.moe_route_recorder = LayerRecorder(layer, session.buffers, slot, dp_rank, scale)
     _register_compile_factor(layers)
     atexit.register(session.close)
     multiprocessing.util.Finalize(None, session.close, exitpriority=100)
