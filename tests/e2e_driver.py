@@ -2,7 +2,7 @@
 
   python tests/e2e_driver.py SPEC.json OUT.json
 
-SPEC: {"model": dir, "prompts": [...], "max_tokens": n, "eager": bool, "dtype": (float32),
+SPEC: {"model": dir, "prompts": [...], "max_tokens": n, "eager": bool,
        "prefix_caching": bool, "rounds": k (generate the prompts k times),
        "max_model_len": n (default 512), "llm": {extra LLM(...) arguments},
        "check_log_after_shutdown": bool (wait for the log to be complete right
@@ -25,7 +25,7 @@ def main() -> None:
 
     llm = LLM(
         model=spec["model"],
-        dtype=spec.get("dtype", "float32"),
+        dtype="float32",
         seed=0,
         max_model_len=spec.get("max_model_len", 512),
         enforce_eager=spec.get("eager", False),

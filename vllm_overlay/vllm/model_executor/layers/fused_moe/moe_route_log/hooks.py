@@ -68,6 +68,11 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     path = rank_log_path(config.path, dp_rank, dp_size, pp_rank, pp_size, hostname)
     first_layer = moe_layers[layers[0]]
     blocks = routing.moe_blocks(model)
+    why = routing.unsupported(first_layer, on_cpu=vllm_config.device_config.device.type == "cpu")
+    if why:
+        raise UnsupportedSetupError(
+            f"VLLM_LOG_MOE is set, but route logging does not support {why}"
+        )
     model_config = vllm_config.model_config
     ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model

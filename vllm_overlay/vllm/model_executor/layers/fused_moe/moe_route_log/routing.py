@@ -77,6 +77,19 @@ def describe(layer, block: torch.nn.Module | None) -> dict:
     }
 
 
+def unsupported(layer, on_cpu: bool) -> str | None:
+    """Why this layer's routes cannot be logged as the kernel uses them (None: they can)."""
+    simulated = type(layer.router).__name__ == "RoutingSimulatorRouter"
+    if simulated and layer.quant_method.is_monolithic and not on_cpu:
+        return (
+            "VLLM_MOE_ROUTING_SIMULATION_STRATEGY with a monolithic MoE kernel "
+            f"({type(layer.quant_method).__name__}): the kernel routes on the router "
+            "logits itself, so the simulated routes the logger would compute are not the "
+            "ones used"
+        )
+    return None
+
+
 def _scaling_applied_by(layer, block, scale: float) -> str | None:
     if scale != 1.0:
         return (
