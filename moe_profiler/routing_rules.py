@@ -39,38 +39,49 @@ class Rule:
         self, logits: np.ndarray, bias: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``[tokens, experts]`` logits -> ids ``[tokens, k]`` and weights ``[tokens, k]``."""
-        logits = np.asarray(logits, dtype=np.float64)
+        choice, scores, _ = self._choice(logits, bias)
+        ids = _top(choice, self.top_k)
         if self.choose_on_logits:
-            ids = _top(logits, self.top_k)
-            chosen = np.take_along_axis(logits, ids, axis=-1)
+            chosen = np.take_along_axis(choice, ids, axis=-1)
             weights = _softmax(chosen) if self.scoring == "softmax" else _sigmoid(chosen)
             return ids, weights * self.scale
-        scores = _softmax(logits) if self.scoring == "softmax" else _sigmoid(logits)
-        if self.correction_bias:
-            if bias is None:
-                raise ValueError("this rule needs the e_score_correction_bias")
-            choice = scores + np.asarray(bias, dtype=np.float64)[None, :]
-        else:
-            choice = scores
-        if self.num_groups > 1:
-            choice = self._mask_groups(choice)
-        ids = _top(choice, self.top_k)
         weights = np.take_along_axis(scores, ids, axis=-1)
         if self.renormalize:
             weights = weights / weights.sum(axis=-1, keepdims=True)
         return ids, weights * self.scale
 
-    def _mask_groups(self, choice: np.ndarray) -> np.ndarray:
+    def ties(self, logits: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """Per token: whether the k-th and (k+1)-th choice (or group) are exactly equal,
+        so that another, equally right, choice exists."""
+        choice, _, group_scores = self._choice(logits, bias)
+        tied = _tie_at(choice, self.top_k)
+        if group_scores is not None:
+            tied |= _tie_at(group_scores, self.topk_groups)
+        return tied
+
+    def _choice(self, logits: np.ndarray, bias: np.ndarray | None):
+        """(what experts are chosen on, their scores, the group scores or None)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.choose_on_logits:
+            return logits, None, None
+        scores = _softmax(logits) if self.scoring == "softmax" else _sigmoid(logits)
+        choice = scores
+        if self.correction_bias:
+            if bias is None:
+                raise ValueError("this rule needs the e_score_correction_bias")
+            choice = scores + np.asarray(bias, dtype=np.float64)[None, :]
+        if self.num_groups <= 1:
+            return choice, scores, None
         tokens, experts = choice.shape
         groups = choice.reshape(tokens, self.num_groups, experts // self.num_groups)
         if self.correction_bias:  # DeepSeek-V3: a group's two best experts
             group_scores = np.sort(groups, axis=-1)[..., -2:].sum(axis=-1)
         else:  # DeepSeek-V2: a group's best expert
             group_scores = groups.max(axis=-1)
-        best = _top(group_scores, self.topk_groups)
         keep = np.zeros(group_scores.shape, dtype=bool)
-        np.put_along_axis(keep, best, True, axis=-1)
-        return np.where(keep[..., None], groups, -np.inf).reshape(tokens, experts)
+        np.put_along_axis(keep, _top(group_scores, self.topk_groups), True, axis=-1)
+        masked = np.where(keep[..., None], groups, -np.inf).reshape(tokens, experts)
+        return masked, scores, group_scores
 
 
 def rule_for(config: dict) -> Rule:
@@ -105,6 +116,14 @@ def rule_for(config: dict) -> Rule:
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest values per row (ties: the lower index first)."""
     return np.argsort(-values, axis=-1, kind="stable")[..., :k]
+
+
+def _tie_at(values: np.ndarray, k: int) -> np.ndarray:
+    """Rows whose k-th and (k+1)-th largest values are equal (and finite)."""
+    if values.shape[-1] <= k:
+        return np.zeros(values.shape[0], dtype=bool)
+    ordered = -np.sort(-values, axis=-1)
+    return (ordered[:, k - 1] == ordered[:, k]) & np.isfinite(ordered[:, k])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ SCRIPTS = [
     "plot_experts.py",
     "tools/make_patch.py",
     "bench/gpu_bench.py",
+    "bench/family_bench.py",
     "bench/parse_bench.py",
 ]
 
