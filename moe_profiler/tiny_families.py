@@ -72,10 +72,12 @@ FAMILIES: dict[str, Family] = {
                 "num_experts_per_tok": 4,
                 "norm_topk_prob": True,
                 "decoder_sparse_step": 1,
+                "num_hidden_layers": 4,
+                "mlp_only_layers": [0, 2],  # MoE and dense layers alternate, as in Llama 4
             },
             num_experts=16,
             top_k=4,
-            moe_layers=(0, 1, 2),
+            moe_layers=(1, 3),
             routing="softmax over all experts, top-k, renormalised to sum 1 (norm_topk_prob)",
         ),
         Family(

@@ -35,6 +35,7 @@ FIRST_MOE_LAYER = "default (VLLM_LOG_MOE_LAYER unset): the model's first MoE lay
 UNABSORBED_MLA = {"env": {"VLLM_MLA_DISABLE": "1"}}
 NATIVE_ROPE = {"compilation_config": {"custom_ops": ["-rotary_embedding"]}}
 CPU_SETUP = {
+    "qwen3_moe": {"layers": "3,1"},  # MoE layers 1 and 3 of 4, as a list
     "deepseek_v2": {**UNABSORBED_MLA, "llm": NATIVE_ROPE, "layers": None},  # the default
     "deepseek_v3": {**UNABSORBED_MLA, "eager": False},  # torch.compile, vLLM's default
     "kimi_k2": {**UNABSORBED_MLA, "llm": NATIVE_ROPE},
@@ -133,19 +134,25 @@ def family_run(request, family_models, questions, tmp_path_factory, patched) -> 
 
 
 def logged_layers(run: FamilyRun) -> list[int]:
-    """All MoE layers, or with VLLM_LOG_MOE_LAYER unset the first one."""
-    family = run.family
-    default = CPU_SETUP.get(family.name, {}).get("layers", "all") is None
-    return list(family.moe_layers[:1] if default else family.moe_layers)
+    """VLLM_LOG_MOE_LAYER's layers: unset the first MoE layer, 'all' every one, or a list."""
+    spec = CPU_SETUP.get(run.family.name, {}).get("layers", "all")
+    if spec is None:
+        return [run.family.moe_layers[0]]
+    if spec == "all":
+        return list(run.family.moe_layers)
+    return sorted(int(layer) for layer in spec.split(","))
+
+
+def layer_choice(run: FamilyRun) -> str:
+    spec = CPU_SETUP.get(run.family.name, {}).get("layers", "all")
+    return FIRST_MOE_LAYER if spec is None else f"VLLM_LOG_MOE_LAYER={spec!r}"
 
 
 def test_header_names_the_layers_and_the_routing(family_run):
     header, family = family_run.log.header, family_run.family
     assert header["layers"] == logged_layers(family_run)
     assert header["moe_layers"] == list(family.moe_layers)
-    assert header["layer_choice"] == (
-        FIRST_MOE_LAYER if family.name == "deepseek_v2" else "VLLM_LOG_MOE_LAYER='all'"
-    )
+    assert header["layer_choice"] == layer_choice(family_run)
     assert (header["num_experts"], header["top_k"]) == (family.num_experts, family.top_k)
     assert header["routing"] == EXPECTED_ROUTING[family.name]
 
