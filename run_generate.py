@@ -98,7 +98,7 @@ def parse_args() -> tuple[str, generate.RunOptions]:
         "--layers",
         default=d.log_layers,
         dest="log_layers",
-        help="layers to log: 0, 0,5,23 or all (default: %(default)s)",
+        help="layers to log: 0, 0,5,23 or all (default: the model's first MoE layer)",
     )
     p.add_argument(
         "--run-label", default=None, help="VLLM_LOG_MOE_REQ_ID (default: run_generate-<time>)"

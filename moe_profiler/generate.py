@@ -39,7 +39,7 @@ class RunOptions:
     gpu_memory_utilization: float = 0.85
     prefix_caching: bool = True
     log_path: Path = Path("moe_routes.jsonl")
-    log_layers: str = "0"
+    log_layers: str | None = None  # None: the logger's default (first MoE layer)
     run_label: str | None = None
     outputs_dir: Path = Path(".")
     timing: Path = Path("timing.json")
@@ -53,11 +53,12 @@ def set_log_environment(mode: str, opts: RunOptions) -> dict[str, str]:
         return {}
     env = {
         "VLLM_LOG_MOE": str(Path(opts.log_path).resolve()),
-        "VLLM_LOG_MOE_LAYER": opts.log_layers,
         "VLLM_LOG_MOE_SEED": str(opts.seed),
         "VLLM_LOG_MOE_MODEL_ID": opts.model,
         "VLLM_LOG_MOE_REQ_ID": opts.run_label or f"run_generate-{time.strftime('%Y%m%dT%H%M%S')}",
     }
+    if opts.log_layers:
+        env["VLLM_LOG_MOE_LAYER"] = opts.log_layers
     os.environ.update(env)
     return env
 

@@ -57,3 +57,15 @@ def patched():
     assert out.returncode == 0, out.stderr
     yield
     subprocess.run([sys.executable, "apply_hook.py"], cwd=REPO, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory, questions) -> dict[str, Path]:
+    """Every tiny MoE family of moe_profiler/tiny_families.py, saved through transformers."""
+    from moe_profiler import tiny_families
+
+    out = tmp_path_factory.mktemp("families")
+    return {
+        name: tiny_families.build(family, out / name, questions[:400])
+        for name, family in tiny_families.FAMILIES.items()
+    }

@@ -20,7 +20,7 @@ NUM_LAYERS, NUM_EXPERTS, TOP_K = 3, 8, 3  # top_k 3: nothing may assume Qwen's 4
 def engine(tmp: Path, spec: dict, log_env: dict | None = None, background=False):
     """Run the driver; returns (records, completed process) or the running Popen."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
-    env.update(VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=str(REPO), **(log_env or {}))
+    env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO), **(log_env or {})})
     spec_file, out_file = tmp / f"spec-{time.time_ns()}.json", tmp / f"out-{time.time_ns()}.json"
     spec_file.write_text(json.dumps(spec))
     cmd = [sys.executable, str(DRIVER), str(spec_file), str(out_file)]
@@ -43,7 +43,9 @@ def expected_positions(record: dict) -> list[int]:
     return list(range(record["num_cached_tokens"], total))
 
 
-def assert_one_line_per_token_and_layer(records, got, layers):
+def assert_one_line_per_token_and_layer(
+    records, got, layers, top_k: int = TOP_K, num_experts: int = NUM_EXPERTS
+):
     seen = Counter((r.request, r.pos, r.layer) for r in got)
     expected = Counter(
         (rec["request_id"], pos, layer)
@@ -53,8 +55,8 @@ def assert_one_line_per_token_and_layer(records, got, layers):
     )
     assert seen == expected
     for r in got:
-        assert len(r.experts) == TOP_K == len(set(r.experts))
-        assert all(0 <= e < NUM_EXPERTS for e in r.experts)
+        assert len(r.experts) == top_k == len(set(r.experts))
+        assert all(0 <= e < num_experts for e in r.experts)
 
 
 def hf_router_topk(model_dir: Path, records: list[dict]) -> tuple[dict, dict]:

@@ -20,6 +20,7 @@ SCRIPTS = [
     "tools/hf_route_log.py",
     "tools/report_screenshots.py",
     "bench/gpu_bench.py",
+    "bench/family_bench.py",
     "bench/parse_bench.py",
     "bench/report_bench.py",
     "bench/reader_alternatives.py",

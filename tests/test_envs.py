@@ -19,7 +19,7 @@ def test_unset_or_empty_means_off(tmp_path):
 def test_defaults(tmp_path):
     c = config(tmp_path)
     assert c.path == str(tmp_path / "log.jsonl")
-    assert c.layers == (0,) and c.layer_spec == "0"
+    assert c.layers is None and c.layer_spec == ""  # unset: the first MoE layer
     assert c.seed is None and c.model_id is None and c.run_label is None
     assert c.buffer_bytes == 256 * 2**20
     assert (c.mode, c.interval_s, c.start_on) == ("routes", 10.0, True)
@@ -60,6 +60,38 @@ def test_layer_out_of_range_names_layer_count(tmp_path):
     ):
         c.resolve_layers(24)
     assert config(tmp_path, VLLM_LOG_MOE_LAYER="all").resolve_layers(4) == (0, 1, 2, 3)
+
+
+DEEPSEEK_V2_LITE_MOE = list(range(1, 27))  # first_k_dense_replace 1, 27 layers
+
+
+@pytest.mark.parametrize(
+    ("spec", "moe_layers", "layers", "choice"),
+    [
+        (None, DEEPSEEK_V2_LITE_MOE, (1,), envs.FIRST_MOE_LAYER_CHOICE),
+        (None, list(range(24)), (0,), envs.FIRST_MOE_LAYER_CHOICE),  # Qwen1.5-MoE: as before
+        (None, [3, 1, 5], (1,), envs.FIRST_MOE_LAYER_CHOICE),
+        ("all", [1, 3, 5, 7], (1, 3, 5, 7), "VLLM_LOG_MOE_LAYER='all'"),  # Llama 4: interleaved
+        ("7,3", [1, 3, 5, 7], (3, 7), "VLLM_LOG_MOE_LAYER='7,3'"),
+    ],
+)
+def test_layer_choice(tmp_path, spec, moe_layers, layers, choice):
+    c = config(tmp_path, **({} if spec is None else {"VLLM_LOG_MOE_LAYER": spec}))
+    assert c.choose_layers(27, moe_layers) == (layers, choice)
+
+
+def test_an_explicit_dense_layer_is_refused_with_the_moe_layers(tmp_path):
+    with pytest.raises(LogConfigError) as e:
+        config(tmp_path, VLLM_LOG_MOE_LAYER="0").choose_layers(27, DEEPSEEK_V2_LITE_MOE)
+    assert str(e.value) == (
+        "VLLM_LOG_MOE_LAYER='0': layer 0 is not an MoE layer of this model; its MoE layers are 1-26"
+    )
+    with pytest.raises(LogConfigError, match=r"'1,2': layer 2 is not an MoE layer.* are 1,3,5,7"):
+        config(tmp_path, VLLM_LOG_MOE_LAYER="1,2").choose_layers(8, [1, 3, 5, 7])
+    with pytest.raises(LogConfigError, match="layer 9 is out of range: the model has 8 layers"):
+        config(tmp_path, VLLM_LOG_MOE_LAYER="9").choose_layers(8, [1, 3, 5, 7])
+    with pytest.raises(LogConfigError, match="this model has no FusedMoE layer"):
+        config(tmp_path).choose_layers(8, [])
 
 
 @pytest.mark.parametrize(

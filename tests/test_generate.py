@@ -34,6 +34,12 @@ def test_log_mode_sets_every_variable_and_no_log_clears_them(tmp_path, monkeypat
     assert not [k for k in os.environ if k.startswith("VLLM_LOG_MOE")]
 
 
+def test_without_layers_the_logger_chooses_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_LOG_MOE_LAYER", "7")
+    env = set_log_environment("log", RunOptions(model="m", log_path=tmp_path / "x.jsonl"))
+    assert "VLLM_LOG_MOE_LAYER" not in env and "VLLM_LOG_MOE_LAYER" not in os.environ
+
+
 def test_timing_gets_the_overhead_once_both_modes_ran(tmp_path):
     timing = tmp_path / "timing.json"
     same = [[1, 2], [3]]

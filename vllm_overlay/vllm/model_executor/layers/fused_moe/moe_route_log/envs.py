@@ -14,7 +14,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # name -> (default, documentation). The README's table is generated from this.
@@ -27,9 +27,11 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "next to it (see the README).",
     ),
     "VLLM_LOG_MOE_LAYER": (
-        "0",
+        None,
         "Which decoder layers to log: one index (`0`), a comma list (`0,5,23`) or "
-        "`all`. Every index must be an MoE layer of the model.",
+        "`all` (every MoE layer). Every index must be an MoE layer of the model. "
+        "Unset: the model's first MoE layer (0 for Qwen1.5-MoE, 3 for DeepSeek-V3, "
+        "whose first layers are dense); the header's `layer_choice` says which rule chose.",
     ),
     "VLLM_LOG_MOE_SEED": (
         None,
@@ -105,8 +107,8 @@ class LogConfig:
     """The parsed VLLM_LOG_MOE* settings of this process."""
 
     path: str
-    layer_spec: str  # VLLM_LOG_MOE_LAYER as given
-    layers: tuple[int, ...] | None  # None means all MoE layers
+    layer_spec: str  # VLLM_LOG_MOE_LAYER as given; "" when unset
+    layers: tuple[int, ...] | None  # None means all MoE layers (or, unset, the first)
     seed: int | None
     model_id: str | None
     run_label: str | None
@@ -132,6 +134,42 @@ class LogConfig:
             )
         return self.layers
 
+    def choose_layers(
+        self, num_layers: int, moe_layers: Sequence[int]
+    ) -> tuple[tuple[int, ...], str]:
+        """The layers to log, given every MoE layer of the model, and why (header ``layer_choice``).
+
+        Unset: the first MoE layer. ``all``: every MoE layer. A list: its layers,
+        each of which must be an MoE layer.
+        """
+        if not moe_layers:
+            raise LogConfigError("VLLM_LOG_MOE is set, but this model has no FusedMoE layer")
+        if not self.layer_spec:
+            return (min(moe_layers),), FIRST_MOE_LAYER_CHOICE
+        if self.layers is None:
+            return tuple(sorted(moe_layers)), f"VLLM_LOG_MOE_LAYER={self.layer_spec!r}"
+        dense = [i for i in self.resolve_layers(num_layers) if i not in moe_layers]
+        if dense:
+            raise LogConfigError(
+                f"VLLM_LOG_MOE_LAYER={self.layer_spec!r}: layer {dense[0]} is not an MoE "
+                f"layer of this model; its MoE layers are {layer_ranges(sorted(moe_layers))}"
+            )
+        return self.layers, f"VLLM_LOG_MOE_LAYER={self.layer_spec!r}"
+
+
+FIRST_MOE_LAYER_CHOICE = "default (VLLM_LOG_MOE_LAYER unset): the model's first MoE layer"
+
+
+def layer_ranges(values: Sequence[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3,7'"""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) or "none"
+
 
 def read_config(environ: Mapping[str, str] | None = None) -> LogConfig | None:
     """Parse and check the VLLM_LOG_MOE* variables; None when logging is off."""
@@ -139,11 +177,11 @@ def read_config(environ: Mapping[str, str] | None = None) -> LogConfig | None:
     path = env.get("VLLM_LOG_MOE", "")
     if not path:
         return None
-    layer_spec = env.get("VLLM_LOG_MOE_LAYER") or "0"
+    layer_spec = env.get("VLLM_LOG_MOE_LAYER") or ""
     return LogConfig(
         path=_check_log_path(path),
         layer_spec=layer_spec,
-        layers=parse_layers(layer_spec),
+        layers=parse_layers(layer_spec) if layer_spec else None,
         seed=_parse_int(env, "VLLM_LOG_MOE_SEED", minimum=None),
         model_id=env.get("VLLM_LOG_MOE_MODEL_ID") or None,
         run_label=env.get("VLLM_LOG_MOE_REQ_ID") or None,

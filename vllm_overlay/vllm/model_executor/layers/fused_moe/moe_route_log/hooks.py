@@ -47,9 +47,9 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
 
     from vllm.distributed import get_tensor_model_parallel_rank
     from vllm.distributed.parallel_state import get_dp_group, get_ep_group, get_pp_group
-    from vllm.distributed.utils import get_pp_indices
     from vllm.model_executor.layers.fused_moe.layer import FusedMoE
 
+    from . import routing
     from .recorder import LayerRecorder
     from .session import RouteLogSession
 
@@ -60,24 +60,24 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     _check_supported(vllm_config)
     parallel = vllm_config.parallel_config
     num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
-    requested = config.resolve_layers(num_layers)
     moe_layers = {m.layer_id: m for m in model.modules() if isinstance(m, FusedMoE)}
     pp_rank, pp_size = get_pp_group().rank_in_group, parallel.pipeline_parallel_size
-    first, last = get_pp_indices(num_layers, pp_rank, pp_size)
-    if config.layers is not None:
-        dense = [i for i in requested if first <= i < last and i not in moe_layers]
-        if dense:
-            raise LogConfigError(
-                f"VLLM_LOG_MOE_LAYER={config.layer_spec!r}: layer {dense[0]} is not an "
-                f"MoE layer of this model; its MoE layers are {_ranges(sorted(moe_layers))}"
-            )
-    layers = [i for i in requested if i in moe_layers]
+    all_moe_layers = _model_moe_layers(sorted(moe_layers), pp_size)
+    _check_has_moe_layers(all_moe_layers, vllm_config)
+    chosen, layer_choice = config.choose_layers(num_layers, all_moe_layers)
+    layers = [i for i in chosen if i in moe_layers]  # this pipeline stage's share
     if get_tensor_model_parallel_rank() != 0 or not layers:
         return  # tensor-parallel peers route the same tokens: rank 0 logs them
     dp_rank, dp_size = get_dp_group().rank_in_group, parallel.data_parallel_size
     hostname = socket.gethostname()
     path = rank_log_path(config.path, dp_rank, dp_size, pp_rank, pp_size, hostname)
     first_layer = moe_layers[layers[0]]
+    blocks = routing.moe_blocks(model)
+    why = routing.unsupported(first_layer, on_cpu=vllm_config.device_config.device.type == "cpu")
+    if why:
+        raise UnsupportedSetupError(
+            f"VLLM_LOG_MOE is set, but route logging does not support {why}"
+        )
     model_config = vllm_config.model_config
     ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model
@@ -89,10 +89,12 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         "req_id": config.run_label,
         "run_id": config.run_label or vllm_config.instance_id,
         "layers": layers,
+        "layer_choice": layer_choice,
         "num_layers": num_layers,
         "moe_layers": sorted(moe_layers),
         "num_experts": first_layer.logical_num_experts,
         "top_k": first_layer.top_k,
+        "routing": routing.describe(first_layer, blocks.get(id(first_layer))),
         "expert_ids": "logical",
         "weights_decimals": WEIGHT_DECIMALS,
         "ranks": {
@@ -126,9 +128,9 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         device=vllm_config.device_config.device,
     )
     for slot, layer_id in enumerate(layers):
-        moe_layers[layer_id].moe_route_recorder = LayerRecorder(
-            moe_layers[layer_id], session.buffers, slot, dp_rank
-        )
+        layer = moe_layers[layer_id]
+        scale = routing.weight_scale(layer, blocks.get(id(layer)))
+        layer.moe_route_recorder = LayerRecorder(layer, session.buffers, slot, dp_rank, scale)
     _register_compile_factor(layers)
     atexit.register(session.close)
     multiprocessing.util.Finalize(None, session.close, exitpriority=100)
@@ -220,15 +222,27 @@ def _register_compile_factor(layers: list[int]) -> None:
         vllm_envs.environment_variables[_COMPILE_FACTOR] = lambda: f"layers={layers}"
 
 
-def _ranges(values: list[int]) -> str:
-    """[1, 2, 3, 7] -> '1-3,7'"""
-    runs: list[list[int]] = []
-    for v in values:
-        if runs and v == runs[-1][1] + 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
-    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) or "none"
+def _model_moe_layers(stage_moe_layers: list[int], pp_size: int) -> list[int]:
+    """Every MoE layer of the model: this stage's, joined with the other pipeline stages'."""
+    if pp_size == 1:
+        return stage_moe_layers
+    import torch.distributed as dist
+    from vllm.distributed.parallel_state import get_pp_group
+
+    stages: list[list[int] | None] = [None] * pp_size
+    dist.all_gather_object(stages, stage_moe_layers, group=get_pp_group().cpu_group)
+    return sorted({i for stage in stages for i in stage or []})
+
+
+def _check_has_moe_layers(moe_layers: list[int], vllm_config) -> None:
+    if not moe_layers:
+        architectures = vllm_config.model_config.architectures
+        raise UnsupportedSetupError(
+            f"VLLM_LOG_MOE is set, but this model ({', '.join(architectures)}) has no "
+            "FusedMoE layer: route logging reads vLLM's FusedMoE layers only (models that "
+            "call fused_experts directly, e.g. Arctic and MiniCPM-MoE, are not covered); "
+            "unset VLLM_LOG_MOE"
+        )
 
 
 def _vllm_version() -> str:

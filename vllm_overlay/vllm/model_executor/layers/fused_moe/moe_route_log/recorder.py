@@ -88,11 +88,21 @@ direct_register_custom_op(
 class LayerRecorder:
     """What a logged FusedMoE layer calls right after routing (``layer.moe_route_recorder``)."""
 
-    def __init__(self, layer: torch.nn.Module, buffers: RouteBuffers, slot: int, dp_rank: int):
+    def __init__(
+        self,
+        layer: torch.nn.Module,
+        buffers: RouteBuffers,
+        slot: int,
+        dp_rank: int,
+        weight_scale: float = 1.0,
+    ):
         self.layer = layer
         self.buffers = buffers
         self.slot = slot
         self.dp_rank = dp_rank
+        # The factor the model applies to FusedMoE's output (routing.weight_scale):
+        # logged weights are what multiplies each expert's output.
+        self.weight_scale = weight_scale
         # With EPLB, select_experts returns physical (replica) ids: route again,
         # purely, to log the model's own (logical) expert ids.
         self.reroute = bool(getattr(layer, "enable_eplb", False))
@@ -109,6 +119,8 @@ class LayerRecorder:
         """Store this layer's routes; without ``topk_ids`` (monolithic kernels) route here."""
         if topk_ids is None or topk_weights is None or self.reroute:
             topk_weights, topk_ids = self._route(hidden_states, router_logits)
+        if self.weight_scale != 1.0:
+            topk_weights = topk_weights * self.weight_scale
         args = (
             topk_ids,
             topk_weights,

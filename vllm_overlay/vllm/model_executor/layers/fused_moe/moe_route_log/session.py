@@ -245,7 +245,7 @@ class RouteLogSession:
 
     def dump(self) -> dict:
         """Counts since the last start, up to the last pass."""
-        record = self._with_open_window(self._record)
+        record = self._with_open_window("_record")
         return {
             **self.status(),
             "counts": record.counts.tolist(),
@@ -258,7 +258,7 @@ class RouteLogSession:
 
     def totals(self) -> dict:
         """Counts since the engine started (the Prometheus counters), and the last window."""
-        lifetime = self._with_open_window(self._lifetime)
+        lifetime = self._with_open_window("_lifetime")
         with self._lock:
             last_window = self._last_window
         return {
@@ -269,10 +269,11 @@ class RouteLogSession:
             "last_window": last_window,
         }
 
-    def _with_open_window(self, totals: _Totals) -> _Totals:
-        """``totals`` plus every window still queued and the open one (read from the device)."""
-        self._flush()
+    def _with_open_window(self, name: str) -> _Totals:
+        """Totals ``name`` with every window still queued and the open one (from the device)."""
+        self._flush()  # first: a queued start replaces self._record
         with self._lock:
+            totals = getattr(self, name)
             merged = replace(
                 totals, counts=totals.counts.copy(), weight_sums=totals.weight_sums.copy()
             )
