@@ -303,6 +303,14 @@ def run(
     return True
 
 
+def _unpin() -> None:
+    """Run on any core, not the one the engine thread was pinned to (vLLM's CPU backend
+    binds its threads to cores, and children inherit that: the writer then only gets
+    the scraps of a core an OpenMP thread keeps busy, and falls behind)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def main(argv: list[str]) -> int:
     """Entry point of the writer process: ``<log> <buffer bytes> <max bytes> <keep> <encoders>``."""
     path, buffer_bytes = argv[0], int(argv[1])
@@ -311,6 +319,7 @@ def main(argv: list[str]) -> int:
     encoders = int(argv[4])
     if os.fork():
         os._exit(0)  # the engine reaps this parent at once; the child works on
+    _unpin()
 
     def ready() -> None:
         sys.stdout.buffer.write(READY + str(os.getpid()).encode() + b"\n")
