@@ -6,9 +6,11 @@
    recorder's copy (ids and weight bits in one torch.cat); plus the earlier
    recorder's two copies. Replayed many times and timed with CUDA events, the
    difference is the recorder's device time per layer and per pass.
-2. After the pass (``end_step``'s device work): the counts (4 kernels), the copy of
-   the packed routes and token ids to pinned host memory, and an event: host time
-   per call (what the engine thread spends launching) and device time.
+2. After the pass (``end_step``'s device work, ``counts.py``): counts mode (the
+   fused kernel, or the torch fallback where it is not used); routes mode (the same
+   kernel staging the routes and token ids, one copy to pinned host memory, an
+   event). Host time per call is what the engine thread spends launching; when it
+   equals the device time, the host is the bottleneck and the GPU waits for it.
 
   python3 bench/recorder_bench.py --out results.json
 """
@@ -96,29 +98,29 @@ def in_graph(layers: int, experts: int, top_k: int, rows: int, replays: int) -> 
 
 
 def end_step(layers: int, experts: int, top_k: int, rows: int, calls: int) -> dict:
+    """Host and device time per pass of end_step's device work (counts.py), both modes."""
     import torch
     from moe_route_log.counts import DeviceExpertCounts
     from moe_route_log.recorder import RouteBuffers
 
     buffers = RouteBuffers(8192, layers, top_k, torch.device("cuda"))
     buffers.expert_ids.copy_(torch.randint(0, experts, buffers.expert_ids.shape))
-    counts = DeviceExpertCounts(buffers, experts)
-    host = torch.empty(layers * 8192 * 2 * top_k, dtype=torch.int32, pin_memory=True)
-    tokens_host = torch.empty(8192, dtype=torch.int32, pin_memory=True)
+    counts_mode = DeviceExpertCounts(buffers, experts)
+    routes_mode = DeviceExpertCounts(buffers, experts, staging=True)
+    host = torch.empty(layers * 8192 * 2 * top_k + 8192, dtype=torch.int32, pin_memory=True)
     input_ids = torch.zeros(8192, dtype=torch.int32, device="cuda")
-    event = torch.cuda.Event()
+    event = torch.cuda.Event(blocking=True)
 
     def counts_only():
-        counts.add(rows)
+        counts_mode.add(rows)
 
-    def routes_copy():
-        packed = host[: layers * rows * 2 * top_k].view(layers, rows, 2 * top_k)
-        packed.copy_(buffers.routes[:, :rows], non_blocking=True)
-        tokens_host[:rows].copy_(input_ids[:rows], non_blocking=True)
+    def routes():
+        staged = routes_mode.add(rows, input_ids)
+        host[: len(staged)].copy_(staged, non_blocking=True)
         event.record()
 
-    out = {"rows": rows}
-    for name, fn in (("counts", counts_only), ("routes_copy", routes_copy)):
+    out = {"rows": rows, "fused_kernel": counts_mode._kernel is not None}
+    for name, fn in (("counts", counts_only), ("routes", routes)):
         for _ in range(50):
             fn()
         torch.cuda.synchronize()

@@ -1,11 +1,16 @@
-"""Expert counts on the device: per logged layer and expert, tokens and weight sums.
+"""The end of a pass on the device: count the routes, and stage them for the host.
 
-After each pass ``add`` folds the pass's real rows of the route buffers into two
-device accumulators with four kernels (offset the ids by layer, gather the
-weights, two ``index_add_``), on the engine's stream, with no host sync and no
-per-step allocation. ``snapshot`` copies the accumulators into a pinned host slot, zeroes
-them and records an event: a window is cut in stream order, exactly between two
-passes, and the host reads it once the event has completed.
+After each pass ``add`` folds the pass's real rows of the route buffer into two
+device accumulators (per logged layer and expert: tokens, weight sums) and, in
+routes mode, packs those rows and their token ids into one contiguous staging
+buffer, so the host gets them with a single copy. The engine thread pays for
+this in launches, so on CUDA it is one Triton kernel (checked against the torch
+path when the session starts; on any doubt the torch path is used, with a
+warning); elsewhere it is a few torch ops. No host sync, no per-step allocation.
+
+``snapshot`` copies the accumulators into a pinned host slot, zeroes them and
+records an event: a window is cut in stream order, exactly between two passes,
+and the host reads it once the event has completed.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from vllm.logger import init_logger
 
 from .recorder import RouteBuffers
 
+logger = init_logger(__name__)
 SNAPSHOT_SLOTS = 4  # windows in flight to the host at once
+_BLOCK = 1024
 
 
 @dataclass
@@ -42,26 +50,34 @@ class Snapshot:
 
 
 class DeviceExpertCounts:
-    """Accumulates ``buffers``' routes per (logged layer, expert) on their device."""
+    """Accumulates ``buffers``' routes per (logged layer, expert); optionally stages them."""
 
-    def __init__(self, buffers: RouteBuffers, num_experts: int) -> None:
+    def __init__(self, buffers: RouteBuffers, num_experts: int, staging: bool = False) -> None:
         layers, rows, top_k = buffers.expert_ids.shape
         device = buffers.routes.device
         self.shape = (layers, num_experts)
         self._buffers = buffers
         self._counts = torch.zeros(layers * num_experts, dtype=torch.int64, device=device)
         self._weight_sums = torch.zeros(layers * num_experts, dtype=torch.float32, device=device)
-        offsets = torch.arange(layers, dtype=torch.int64, device=device) * num_experts
-        self._offsets = offsets.view(layers, 1, 1)
-        self._index = torch.empty(layers * rows * top_k, dtype=torch.int64, device=device)
-        self._weights = torch.empty(layers * rows * top_k, dtype=torch.float32, device=device)
-        self._ones = torch.ones(layers * rows * top_k, dtype=torch.int64, device=device)
+        # [layers, rows, 2k] routes, then one token id per row: one copy to the host
+        self.staging = (
+            torch.empty(layers * rows * 2 * top_k + rows, dtype=torch.int32, device=device)
+            if staging
+            else None
+        )
         cuda = device.type == "cuda"
+        self._kernel = _fused_kernel() if cuda else None
+        if self._kernel is None:  # the torch path's scratch
+            offsets = torch.arange(layers, dtype=torch.int64, device=device) * num_experts
+            self._offsets = offsets.view(layers, 1, 1)
+            self._index = torch.empty(layers * rows * top_k, dtype=torch.int64, device=device)
+            self._weights = torch.empty(layers * rows * top_k, dtype=torch.float32, device=device)
+            self._ones = torch.ones(layers * rows * top_k, dtype=torch.int64, device=device)
         self._slots = [
             (
                 torch.empty(self.shape, dtype=torch.int64, pin_memory=cuda),
                 torch.empty(self.shape, dtype=torch.float32, pin_memory=cuda),
-                torch.cuda.Event() if cuda else None,
+                torch.cuda.Event(blocking=True) if cuda else None,
             )
             for _ in range(SNAPSHOT_SLOTS)
         ]
@@ -69,11 +85,21 @@ class DeviceExpertCounts:
         for i in range(SNAPSHOT_SLOTS):
             self._free.put(i)
 
-    def add(self, rows: int) -> None:
-        """Count the first ``rows`` rows of the route buffers (the pass's real tokens)."""
-        if rows == 0:
-            return
+    def add(self, rows: int, input_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Count the first ``rows`` rows (the pass's real tokens); with staging, also pack
+        them and ``input_ids[:rows]`` and return the staged ints (one copy to the host)."""
         layers, _, top_k = self._buffers.expert_ids.shape
+        staged = None
+        if self.staging is not None:
+            staged = self.staging[: layers * rows * 2 * top_k + rows]
+        if rows == 0:
+            return staged
+        if self._kernel is not None:
+            self._kernel(
+                self._buffers.routes, rows, top_k, self.shape[1], self._counts,
+                self._weight_sums, staged, input_ids,
+            )  # fmt: skip
+            return staged
         n = layers * rows * top_k
         index, weights = self._index[:n], self._weights[:n]
         torch.add(
@@ -82,6 +108,11 @@ class DeviceExpertCounts:
         weights.view(layers, rows, top_k).copy_(self._buffers.weights[:, :rows])
         self._counts.index_add_(0, index, self._ones[:n])
         self._weight_sums.index_add_(0, index, weights)
+        if staged is not None:
+            packed = layers * rows * 2 * top_k
+            staged[:packed].view(layers, rows, 2 * top_k).copy_(self._buffers.routes[:, :rows])
+            staged[packed:].copy_(input_ids[:rows])
+        return staged
 
     def peek(self) -> tuple[np.ndarray, np.ndarray]:
         """The open window's counts and weight sums, read now (waits for the device)."""
@@ -100,3 +131,15 @@ class DeviceExpertCounts:
         self._counts.zero_()
         self._weight_sums.zero_()
         return Snapshot(counts, weight_sums, copied, self._free, index)
+
+
+def _fused_kernel():
+    """The one-launch end of a pass (Triton), if it builds and agrees with torch here."""
+    try:
+        from . import step_kernel
+
+        step_kernel.self_check()
+        return step_kernel.end_of_pass
+    except Exception as e:  # any doubt: the torch path (a few more launches per pass)
+        logger.warning("VLLM_LOG_MOE: the fused end-of-pass kernel is not used (%s)", e)
+        return None

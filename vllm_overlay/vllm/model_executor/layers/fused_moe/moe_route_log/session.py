@@ -43,12 +43,13 @@ MIN_HOST_SLOTS, MAX_HOST_SLOTS = 4, 32
 
 
 class _HostSlot:
-    """Host memory for one pass: its packed routes (first ``layers * rows * 2k``) and token ids."""
+    """Host memory for one pass: its staged ints (``counts.py``): routes, then token ids."""
 
     def __init__(self, rows: int, num_layers: int, top_k: int, cuda: bool) -> None:
-        self.routes = torch.empty(num_layers * rows * 2 * top_k, dtype=torch.int32, pin_memory=cuda)
-        self.token_ids = torch.empty(rows, dtype=torch.int32, pin_memory=cuda)
-        self.copied = torch.cuda.Event() if cuda else None
+        size = num_layers * rows * 2 * top_k + rows
+        self.data = torch.empty(size, dtype=torch.int32, pin_memory=cuda)
+        # blocking: the drain thread sleeps until the copy is done instead of spinning
+        self.copied = torch.cuda.Event(blocking=True) if cuda else None
 
 
 @dataclass
@@ -118,7 +119,9 @@ class RouteLogSession:
         self._interval_s = config.interval_s
         self._sample = config.sample
         self.buffers = RouteBuffers(rows, num_layers, top_k, device)
-        self._counts = DeviceExpertCounts(self.buffers, num_experts)
+        self._counts = DeviceExpertCounts(
+            self.buffers, num_experts, staging=config.mode == "routes"
+        )
         self._cuda = device.type == "cuda"
         self._shape = (num_layers, top_k)
         self._writer = WriterProcess(
@@ -175,19 +178,18 @@ class RouteLogSession:
         if not self.recording or self._closed:
             return
         rows = len(positions)
-        self._counts.add(rows)
+        staged = self._counts.add(rows, input_ids)
         self.steps += 1
         self._window_steps += 1
         self._window_tokens += rows
         self._window_prefill += _prefill_tokens(tokens_per_req, prompt_lens, positions)
         if self._slots and not self._broken:
-            self._queue_routes(req_ids, tokens_per_req, prompt_lens, positions, input_ids)
+            self._queue_routes(req_ids, tokens_per_req, prompt_lens, positions, staged)
         self._window_last = time.time()
         if self._window_last - self._window_start >= self._interval_s:
             self._cut_window()
 
-    def _queue_routes(self, req_ids, tokens_per_req, prompt_lens, positions, input_ids) -> None:
-        rows = len(positions)
+    def _queue_routes(self, req_ids, tokens_per_req, prompt_lens, positions, staged) -> None:
         try:
             index = self._free.get_nowait()
         except queue.Empty:
@@ -196,10 +198,7 @@ class RouteLogSession:
             self.wait_s += time.perf_counter() - started
             self.waits += 1
         slot = self._slots[index]
-        layers, _, width = self.buffers.routes.shape
-        packed = slot.routes[: layers * rows * width].view(layers, rows, width)
-        packed.copy_(self.buffers.routes[:, :rows], non_blocking=True)
-        slot.token_ids[:rows].copy_(input_ids[:rows], non_blocking=True)
+        slot.data[: len(staged)].copy_(staged, non_blocking=True)  # one copy
         if slot.copied is not None:
             slot.copied.record()
         self._pending.put(
@@ -347,19 +346,24 @@ class RouteLogSession:
         rows = len(item.positions)
         if not self._broken:
             layers, top_k = self._shape
+            packed = layers * rows * 2 * top_k
+            data = slot.data.numpy()
             frame = wire.routes_frame(
                 item.step,
                 item.req_ids,
                 item.tokens_per_req,
                 item.prompt_lens,
                 item.positions,
-                slot.token_ids[:rows].numpy(),
-                slot.routes[: layers * rows * 2 * top_k].numpy(),
+                data[packed : packed + rows],
+                data[:packed],
                 (rows, layers, top_k),
             )
             self._send(frame)
-            sampled = [is_sampled(r, self._sample) for r in item.req_ids]
-            self._route_lines += int(item.tokens_per_req[sampled].sum()) * self._shape[0]
+            if self._sample >= 1.0:
+                self._route_lines += rows * layers
+            else:
+                sampled = [is_sampled(r, self._sample) for r in item.req_ids]
+                self._route_lines += int(item.tokens_per_req[sampled].sum()) * layers
         self._free.put(item.slot)
 
     def _drain_window(self, window: _Window) -> None:
