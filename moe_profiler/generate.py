@@ -147,6 +147,8 @@ def output_records(outputs, questions: list[str]) -> list[dict]:
 
 
 def write_records(records: list[dict], path: Path) -> Path:
+    """The outputs as JSONL at ``path`` (its folder is made if missing)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
@@ -205,6 +207,7 @@ def merge_timing(path: Path, mode: str, setup: dict, result: dict, outputs_file:
         timing["greedy_outputs_match"] = _same_tokens(
             runs["no_log"]["outputs"], runs["log"]["outputs"]
         )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(timing, indent=1) + "\n")
     return timing
 

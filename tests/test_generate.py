@@ -64,3 +64,13 @@ def test_different_outputs_are_reported_and_a_new_setup_starts_afresh(tmp_path):
     fresh = merge_timing(timing, "log", other, {"output_tok_per_s": 40.0}, b)
     assert fresh["setup"] == other and set(fresh["runs"]) == {"log"}
     assert "log_overhead_pct" not in fresh
+
+
+def test_output_folders_are_made_when_missing(tmp_path):
+    from moe_profiler.generate import write_records
+
+    out = write_records([{"request_id": "0", "token_ids": [1, 2]}], tmp_path / "new" / "o.jsonl")
+    assert out.read_text() == '{"request_id": "0", "token_ids": [1, 2]}\n'
+    timing = tmp_path / "other" / "deeper" / "timing.json"
+    merge_timing(timing, "log", SETUP, {"output_tok_per_s": 10.0}, out)
+    assert timing.exists()
