@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from parallel_bench import run_processes  # noqa: E402
+
 CONFIGS = {
     "unpatched": ({}, None),
     "off": ({}, "unpatched"),
@@ -222,19 +224,7 @@ def run(args) -> dict:
         }
         procs.append(ctx.Process(target=engine, args=(task, barrier, results)))
     began = time.time()
-    for p in procs:
-        p.start()
-    parts = []
-    while len(parts) < len(procs):
-        try:
-            parts.append(results.get(timeout=5))
-        except Exception:
-            if any(p.exitcode not in (None, 0) for p in procs):
-                break
-    for p in procs:
-        p.join(timeout=120)
-        if p.is_alive():
-            p.kill()
+    parts = run_processes(procs, results, limit_s=3000)
     from gpu_bench import card_name
 
     runs = {p["config"]: p["tok_s"] for p in parts if "tok_s" in p}

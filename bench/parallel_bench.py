@@ -234,18 +234,7 @@ def run_layout(args) -> dict:
             }
             procs.append(ctx.Process(target=engine_process, args=(task, barrier, results)))
     began = time.time()
-    for p in procs:
-        p.start()
-    parts = []
-    while len(parts) < len(procs):
-        try:
-            parts.append(results.get(timeout=5))
-        except Exception:
-            if any(p.exitcode not in (None, 0) for p in procs) or time.time() - began > 3000:
-                break
-        if any("error" in part for part in parts):
-            break
-    _stop(procs)
+    parts = run_processes(procs, results, limit_s=3000)
     from gpu_bench import card_name
 
     result = {
@@ -271,6 +260,25 @@ def run_layout(args) -> dict:
     if len(parts) < len(procs) or any("error" in part for part in parts):
         sys.exit(f"{args.layout}: failed, see {out}")
     return result
+
+
+def run_processes(procs, results, limit_s: float) -> list[dict]:
+    """Start ``procs``, collect one result each from ``results`` (fewer when one fails or
+    ``limit_s`` passes), then stop whatever is left, children included."""
+    began = time.time()
+    for p in procs:
+        p.start()
+    parts: list[dict] = []
+    while len(parts) < len(procs):
+        try:
+            parts.append(results.get(timeout=5))
+        except Exception:
+            if any(p.exitcode not in (None, 0) for p in procs) or time.time() - began > limit_s:
+                break
+        if any("error" in part for part in parts):
+            break
+    _stop(procs)
+    return parts
 
 
 def _stop(procs) -> None:
