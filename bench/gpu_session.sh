@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
 # What a GPU session runs, in the order it runs it (device tool).
+# Moving the bundle: a folder of the repo that git ignores travels only when a call names
+# it in `carry`, and is gone from the machine in the next call otherwise. So link each part
+# into its own ignored folder (.bundle-00 holds MANIFEST too), keep install_bundle.sh in
+# .gpu-bin, and make one call per part, back to back (the machine is given back after 30 s
+# idle): carry [".gpu-bin", ".bundle-NN"], run `bash .gpu-bin/install_bundle.sh stash
+# .bundle-NN`. Later calls carry [".gpu"] (gsm8k-test.jsonl, the cp312 wheels).
 # The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash), and a
 # pyarrow wheel for CPython 3.12 be in .gpu/ (pip download --only-binary=:all: --no-deps
 # --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu 'pyarrow>=14'; 55 MB).
