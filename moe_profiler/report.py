@@ -34,13 +34,7 @@ def analyze(
     per_layer = counter.summary(header["top_k"])
     summary = {
         "mode": logs[0].mode,
-        "model_id": header.get("model_id"),
-        "model_name": model_label(header),
-        "run_id": header.get("run_id"),
-        "schema": header["schema"],
-        "num_experts": header["num_experts"],
-        "top_k": header["top_k"],
-        "files": [str(log.path) for log in logs],
+        **run_identity(logs),
         "ranks": sorted({_rank_label(log.ranks) for log in logs}),
         "route_lines": sum(log.routes for log in logs),
         "count_windows": sum(log.windows for log in logs),
@@ -86,6 +80,20 @@ def table(summary: dict) -> str:
             f"{m['entropy']:>7.3f} {m['jain']:>6.3f}  {hot} / {cold}"
         )
     return "\n".join(lines)
+
+
+def run_identity(logs: list[routes.LogFile]) -> dict:
+    """What every output says of the logs it read: model, run, schema, shape, files."""
+    header = logs[0].header
+    return {
+        "model_id": header.get("model_id"),
+        "model_name": model_label(header),
+        "run_id": header.get("run_id"),
+        "schema": header["schema"],
+        "num_experts": header["num_experts"],
+        "top_k": header["top_k"],
+        "files": [str(log.path) for log in logs],
+    }
 
 
 def model_label(header: dict) -> str:

@@ -21,7 +21,7 @@ from moe_profiler.analysis import (
     token_experts,
 )
 from moe_profiler.columns import RouteBlock
-from moe_profiler.report import model_label
+from moe_profiler.report import model_label, run_identity
 from moe_profiler.routes import iter_blocks
 
 
@@ -203,17 +203,10 @@ def load_tokenizer(name: str) -> Callable[[int], str]:
 def _meta(
     logs: list[routes.LogFile], layers: list[int], run: Accumulators, tokenizer: str | None
 ) -> dict:
-    header = logs[0].header
     return {
-        "model_id": header.get("model_id"),
-        "model_name": model_label(header),
-        "run_id": header.get("run_id"),
-        "schema": header["schema"],
-        "num_experts": header["num_experts"],
-        "top_k": header["top_k"],
-        "num_layers": header.get("num_layers"),
+        **run_identity(logs),
+        "num_layers": logs[0].header.get("num_layers"),
         "layers": layers,
-        "files": [str(log.path) for log in logs],
         "route_lines": int(run.load.tokens.sum()),
         "skipped_lines": sum(len(log.problems) for log in logs),
         "complete": all(log.trailer is not None for log in logs),
