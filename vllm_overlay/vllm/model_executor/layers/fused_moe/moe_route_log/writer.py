@@ -244,9 +244,13 @@ def run(
             previous_pass = set(encoded.req_ids)
             files.lines += encoded.lines
             files.tokens += encoded.tokens
-            if files.full():
-                files.rotate(header)
-                previous_pass = set()  # every part names its requests' prompt lengths
+            rotate_if_full()
+
+    def rotate_if_full() -> None:
+        nonlocal previous_pass
+        if files.full():
+            files.rotate(header)
+            previous_pass = set()  # every part names its requests' prompt lengths
 
     on_ready()
     threading.Thread(target=_pump, args=(stream, frames, pump_errors), daemon=True).start()
@@ -265,9 +269,7 @@ def run(
                 files.write(log_format.header_line(header))
             elif kind == wire.LINE:
                 files.write(log_format.json_line(wire.decode_json(payload)))
-                if files.full():
-                    files.rotate(header)
-                    previous_pass = set()
+                rotate_if_full()
             elif kind == wire.CLOSE:
                 stats = wire.decode_json(payload)
                 stats.update(
