@@ -179,11 +179,15 @@ def end_step(runner, tokens_per_req: np.ndarray) -> None:
         return
     began = time.perf_counter()
     rows, reqs = int(tokens_per_req.sum()), len(tokens_per_req)
+    # routes mode queues these for the drain thread: copies, as the runner reuses its
+    # buffers; counts mode only sums them now, and needs no request ids
+    queued = _session.mode == "routes"
+    keep = np.copy if queued else np.asarray
     _session.end_step(
-        list(runner.input_batch.req_ids[:reqs]),
-        tokens_per_req.copy(),
-        runner.input_batch.num_prompt_tokens[:reqs].copy(),
-        runner.positions.np[:rows].copy(),
+        list(runner.input_batch.req_ids[:reqs]) if queued else [],
+        keep(tokens_per_req),
+        keep(runner.input_batch.num_prompt_tokens[:reqs]),
+        keep(runner.positions.np[:rows]),
         runner.input_ids.gpu,
     )
     _session.end_step_s += time.perf_counter() - began
