@@ -5,18 +5,28 @@
 # into its own ignored folder (.bundle-00 holds MANIFEST too), keep install_bundle.sh in
 # .gpu-bin, and make one call per part, back to back (the machine is given back after 30 s
 # idle): carry [".gpu-bin", ".bundle-NN"], run `bash .gpu-bin/install_bundle.sh stash
-# .bundle-NN`. Later calls carry [".gpu"] (gsm8k-test.jsonl, the cp312 wheels).
+# .bundle-NN`. The setup call carries [".gpu", ".gpu-whl"] (gsm8k-test.jsonl and
+# install_bundle.sh; the cp312 wheels, 55 MB), later calls only [".gpu"].
 # The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash), and a
-# pyarrow wheel for CPython 3.12 be in .gpu/ (pip download --only-binary=:all: --no-deps
-# --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu 'pyarrow>=14'; 55 MB).
+# pyarrow wheel for CPython 3.12 be in .gpu-whl/ (pip download --only-binary=:all: --no-deps
+# --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu-whl 'pyarrow>=14'; 55 MB).
 #
 #   bash bench/gpu_session.sh setup             finish the bundle, keep a pristine vLLM copy
 #                                               (/tmp/vllm-pristine), patch vLLM, model folders
-#   bash bench/gpu_session.sh micro OUT         recorder_bench.py (device/host cost per piece)
-#                                               and writer_bench.py (the writer's ceiling)
+#   bash bench/gpu_session.sh micro OUT [recorder]
+#                                               recorder_bench.py (device/host cost per piece)
+#                                               and writer_bench.py (the writer's ceiling;
+#                                               not with `recorder`)
 #   bash bench/gpu_session.sh costs OUT MODEL CONFIGS REPS MEM KV
 #                                               overhead_bench.py: one engine per configuration
 #                                               on GPU0, rotating turns, 1319 GSM8K x 128
+#   bash bench/gpu_session.sh serve OUT MODEL CONFIGS REPS RATE PROMPTS MEM KV
+#                                               serve_bench.py: one `vllm serve` per
+#                                               configuration on GPU0, `vllm bench serve` in
+#                                               turns: PROMPTS at RATE req/s, 3 x PROMPTS at
+#                                               saturation
+#   bash bench/gpu_session.sh families OUT LIST family_bench.py run for the comma LIST;
+#                                               results as OUT/families.tar.gz (8 files a call)
 #   bash bench/gpu_session.sh oracle OUT        GPU0: oracle with CUDA graphs, then enforce_eager
 #   bash bench/gpu_session.sh overhead OUT L... GPU0: paired off / logging engines, 1319 GSM8K
 #                                               x 128 and the 25 seed prompts, VLLM_LOG_MOE_LAYER=L
@@ -60,8 +70,8 @@ case "${1:-}" in
   setup)
     bash .gpu/install_bundle.sh finish 2>&1 | tail -5
     activate
-    # the log checks read with pyarrow (not in vLLM's bundle): cp312 wheels in .gpu/
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl
+    # the log checks read with pyarrow (not in vLLM's bundle): cp312 wheels in .gpu-whl/
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-whl/*.whl
     mkdir -p /tmp/vllm-pristine && cp -a /tmp/vllm015/site/vllm /tmp/vllm-pristine/
     python3 apply_hook.py && python3 bench/gpu_bench.py prepare
     python3 bench/gpu_bench.py prepare --config-json bench/configs/olmoe-1b-7b-0924.json \
@@ -73,7 +83,32 @@ case "${1:-}" in
     out=$2
     mkdir -p "$out"
     python3 bench/recorder_bench.py --out "$out/recorder.json" 2>&1 | tail -4
-    python3 bench/writer_bench.py --encoders 1,2,4,8 --seconds 6 --out "$out/writer.json"
+    if [ "${3:-}" != recorder ]; then
+      python3 bench/writer_bench.py --encoders 1,2,4,8 --seconds 6 --out "$out/writer.json"
+    fi
+    ;;
+  serve)
+    activate
+    out=$2 model=$3 configs=$4 reps=$5 rate=$6 prompts=$7 mem=$8 kv=$9
+    mkdir -p "$out"
+    CUDA_VISIBLE_DEVICES=0 python3 bench/serve_bench.py run --model-dir "/tmp/$model" \
+      --configs "$configs" --reps "$reps" --rate "$rate" --num-prompts "$prompts" \
+      --saturation-prompts $((prompts * 3)) \
+      --mem "$mem" --kv-gib "$kv" --out "$out/serve-$model.json" >"$out/serve-$model.log" 2>&1
+    echo "== serve $model: exit status $?"
+    python3 bench/serve_bench.py table "$out/serve-$model.json"
+    tail -3 "$out/serve-$model.log"
+    free_gpus
+    ;;
+  families)
+    activate
+    out=$2
+    mkdir -p "$out"
+    python3 bench/family_bench.py run --families "$3" --out /tmp/families >"$out/families.log" 2>&1
+    echo "== families $3: exit status $?"
+    tail -15 "$out/families.log"
+    tar -czf "$out/families.tar.gz" -C /tmp families
+    free_gpus
     ;;
   costs)
     activate

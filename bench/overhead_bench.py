@@ -194,6 +194,21 @@ def check_log(log: Path, expected_tokens: int) -> dict:
         "engine_waits": (trailer or {}).get("engine_waits"),
         "engine_wait_s": (trailer or {}).get("engine_wait_s"),
         "writer_encoders": (trailer or {}).get("writer_encoders"),
+        **self_profile(trailer or {}),
+    }
+
+
+def self_profile(trailer: dict) -> dict:
+    """The trailer's self-profile: the engine thread's time in end_step per pass, the drain
+    thread's CPU time (fields absent from logs older than schema 3's trailer)."""
+    steps, end_step_s = trailer.get("steps"), trailer.get("end_step_s")
+    return {
+        "steps": steps,
+        "end_step_s": end_step_s,
+        "end_step_us_per_pass": round(1e6 * end_step_s / steps, 1)
+        if steps and end_step_s is not None
+        else None,
+        "drain_cpu_s": trailer.get("drain_cpu_s"),
     }
 
 
@@ -256,10 +271,13 @@ def check_text(part: dict) -> str:
         return ""
     what = "route lines" if c["mode"] == "routes" else "counted tokens"
     verdict = "exact" if c["exact"] else "MISMATCH"
-    return (
+    text = (
         f"{verdict}: {c['logged_tokens']:,} tokens ({what}) of {c['expected_tokens']:,}; "
         f"engine waits {c['engine_waits']}"
     )
+    if c.get("end_step_us_per_pass") is not None:
+        text += f"; end_step {c['end_step_us_per_pass']:.0f} us/pass"
+    return text
 
 
 def table_rows(result: dict) -> str:

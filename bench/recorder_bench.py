@@ -9,8 +9,9 @@
 2. After the pass (``end_step``'s device work, ``counts.py``): counts mode (the
    fused kernel, or the torch fallback where it is not used); routes mode (the same
    kernel staging the routes and token ids, one copy to pinned host memory, an
-   event). Host time per call is what the engine thread spends launching; when it
-   equals the device time, the host is the bottleneck and the GPU waits for it.
+   event); and both again on the torch path, for comparison. Host time per call is
+   what the engine thread spends launching; when it equals the device time, the host
+   is the bottleneck and the GPU waits for it.
 
   python3 bench/recorder_bench.py --out results.json
 """
@@ -100,6 +101,7 @@ def in_graph(layers: int, experts: int, top_k: int, rows: int, replays: int) -> 
 def end_step(layers: int, experts: int, top_k: int, rows: int, calls: int) -> dict:
     """Host and device time per pass of end_step's device work (counts.py), both modes."""
     import torch
+    from moe_route_log import counts
     from moe_route_log.counts import DeviceExpertCounts
     from moe_route_log.recorder import RouteBuffers
 
@@ -107,20 +109,30 @@ def end_step(layers: int, experts: int, top_k: int, rows: int, calls: int) -> di
     buffers.expert_ids.copy_(torch.randint(0, experts, buffers.expert_ids.shape))
     counts_mode = DeviceExpertCounts(buffers, experts)
     routes_mode = DeviceExpertCounts(buffers, experts, staging=True)
+    fused = counts._fused_kernel
+    counts._fused_kernel = lambda: None  # the torch path, for comparison
+    counts_torch = DeviceExpertCounts(buffers, experts)
+    routes_torch = DeviceExpertCounts(buffers, experts, staging=True)
+    counts._fused_kernel = fused
     host = torch.empty(layers * 8192 * 2 * top_k + 8192, dtype=torch.int32, pin_memory=True)
     input_ids = torch.zeros(8192, dtype=torch.int32, device="cuda")
     event = torch.cuda.Event(blocking=True)
 
-    def counts_only():
-        counts_mode.add(rows)
+    def counts_only(mode=counts_mode):
+        mode.add(rows)
 
-    def routes():
-        staged = routes_mode.add(rows, input_ids)
+    def routes(mode=routes_mode):
+        staged = mode.add(rows, input_ids)
         host[: len(staged)].copy_(staged, non_blocking=True)
         event.record()
 
     out = {"rows": rows, "fused_kernel": counts_mode._kernel is not None}
-    for name, fn in (("counts", counts_only), ("routes", routes)):
+    for name, fn in (
+        ("counts", counts_only),
+        ("routes", routes),
+        ("counts_torch_path", lambda: counts_only(counts_torch)),
+        ("routes_torch_path", lambda: routes(routes_torch)),
+    ):
         for _ in range(50):
             fn()
         torch.cuda.synchronize()

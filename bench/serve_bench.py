@@ -84,12 +84,15 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float) -> None:
 
 
 def bench(port: int, rate: str, args, name: str) -> dict:
-    """One ``vllm bench serve`` run; the metrics of its result file."""
+    """One ``vllm bench serve`` run (its own code, in this process); its result's metrics.
+
+    The CLI is vLLM's ``vllm.benchmarks.serve.main`` behind an argument parser; calling it
+    here with the same arguments saves a Python start and vLLM import per run.
+    """
+    from vllm.benchmarks import serve as vllm_bench_serve
+
     result = args.log_dir / f"{name}.json"
-    cmd = [
-        *CLI,
-        "bench",
-        "serve",
+    argv = [
         "--backend",
         "vllm",
         "--base-url",
@@ -109,24 +112,38 @@ def bench(port: int, rate: str, args, name: str) -> dict:
         "--ignore-eos",
         "--seed",
         "0",
+        "--disable-tqdm",
         "--save-result",
         "--result-dir",
         str(result.parent),
         "--result-filename",
         result.name,
     ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
-    data = json.loads(result.read_text())
-    return {
-        key: data.get(key)
-        for key in (
-            "output_throughput",
-            "request_throughput",
-            "mean_ttft_ms",
-            "mean_tpot_ms",
-            "completed",
-        )
-    }
+    parser = argparse.ArgumentParser()
+    vllm_bench_serve.add_cli_args(parser)
+    data = vllm_bench_serve.main(parser.parse_args(argv))
+    return {key: data.get(key) for key in METRICS}
+
+
+METRICS = (
+    "output_throughput",
+    "request_throughput",
+    "mean_ttft_ms",
+    "mean_tpot_ms",
+    "median_itl_ms",
+    "completed",
+)
+
+
+def trailer(log: Path) -> dict:
+    """The self-profile in a log's trailer (bench/overhead_bench.py's fields), or {}."""
+    from overhead_bench import self_profile
+
+    if not log.exists():
+        return {}
+    last = log.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    record = json.loads(last)
+    return self_profile(record) if record.get("type") == "end" else {}
 
 
 def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
@@ -145,6 +162,15 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict:
                     median_ratio=round(median, 4),
                     ci95=[round(low, 4), round(high, 4)],
                 )
+                tpot = [r.get("mean_tpot_ms") for r in results]
+                off_tpot = [r.get("mean_tpot_ms") for r in by_config["off"]]
+                if None not in tpot + off_tpot:  # time per output token: lower is better
+                    tpot_ratio = [a / b for a, b in zip(tpot, off_tpot, strict=True)]
+                    median, low, high = median_ci(tpot_ratio)
+                    entry.update(
+                        tpot_median_ratio=round(median, 4),
+                        tpot_ci95=[round(low, 4), round(high, 4)],
+                    )
             out.setdefault(rate, {})[config] = entry
     return out
 
@@ -170,14 +196,17 @@ def run(args) -> None:
         for rep in range(args.reps):
             for c in turn_order(configs, rep):
                 for rate in (str(args.rate), "inf"):
-                    result = bench(ports[c], rate, args, f"{c}-{rate}-{rep}")
+                    prompts = args.num_prompts if rate != "inf" else args.saturation_prompts
+                    run_args = argparse.Namespace(**{**vars(args), "num_prompts": prompts})
+                    result = bench(ports[c], rate, run_args, f"{c}-{rate}-{rep}")
                     runs.setdefault(rate, {}).setdefault(c, []).append(result)
                     print(c, rate, rep, result, flush=True)
     finally:
         for p in procs.values():
-            p.terminate()
+            p.terminate()  # SIGTERM: the logging servers write their trailers
         for p in procs.values():
             p.wait(timeout=120)
+    profiles = {c: trailer(args.log_dir / f"{c}.jsonl") for c in configs if CONFIGS[c]}
     from gpu_bench import card_name
 
     result = {
@@ -185,10 +214,11 @@ def run(args) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": args.model_dir.name,
         "workload": f"random {args.input_len} in / {args.output_len} out, "
-        f"{args.num_prompts} prompts, rates {args.rate}/s and saturation",
+        f"{args.num_prompts} prompts at {args.rate}/s, {args.saturation_prompts} at saturation",
         "reps": args.reps,
         "runs": runs,
         "summary": summarize(runs),
+        "self_profile": profiles,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -198,10 +228,12 @@ def run(args) -> None:
 def table(args) -> None:
     print(
         "| rate | configuration | reps | output tok/s (median) | vs off: median of per-rep "
-        "ratios [95 % CI] |\n|---|---|---|---|---|"
+        "ratios [95 % CI] | time per output token vs off [95 % CI] | end_step per pass |\n"
+        "|---|---|---|---|---|---|---|"
     )
     for path in args.results:
         result = json.loads(Path(path).read_text())
+        profiles = result.get("self_profile", {})
         for rate, by_config in result["summary"].items():
             for config, e in by_config.items():
                 ratio = (
@@ -209,10 +241,18 @@ def table(args) -> None:
                     if "median_ratio" in e
                     else "-"
                 )
+                tpot = (
+                    f"{e['tpot_median_ratio']:.4f} [{e['tpot_ci95'][0]:.4f}, "
+                    f"{e['tpot_ci95'][1]:.4f}]"
+                    if "tpot_median_ratio" in e
+                    else "-"
+                )
+                us = profiles.get(config, {}).get("end_step_us_per_pass")
                 rate_text = "saturation" if rate == "inf" else f"{rate} req/s"
                 print(
                     f"| {rate_text} | {config} | {len(e['output_tok_s'])} "
-                    f"| {e['median_tok_s']:.0f} | {ratio} |"
+                    f"| {e['median_tok_s']:.0f} | {ratio} | {tpot} "
+                    f"| {'-' if us is None else f'{us:.0f} us'} |"
                 )
         print(f"<!-- {path}: {result['card']}, {result['date']}, {result['workload']} -->")
 
@@ -227,7 +267,10 @@ def main() -> None:
     r.add_argument("--configs", default="off,counts,stopped", help="comma list (see above)")
     r.add_argument("--reps", type=int, default=4, help="bench runs per server and rate")
     r.add_argument("--rate", type=float, default=20.0, help="the fixed request rate (req/s)")
-    r.add_argument("--num-prompts", type=int, default=400, help="requests per bench run")
+    r.add_argument("--num-prompts", type=int, default=400, help="requests per fixed-rate run")
+    r.add_argument(
+        "--saturation-prompts", type=int, default=1000, help="requests per saturation run"
+    )
     r.add_argument("--input-len", type=int, default=128, help="random prompt tokens")
     r.add_argument("--output-len", type=int, default=128, help="output tokens (ignore_eos)")
     r.add_argument("--mem", type=float, default=0.2, help="gpu_memory_utilization per server")

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])  # one compiled kernel for every pass size
 def _end_of_pass(
     routes_ptr,
     counts_ptr,
