@@ -15,7 +15,12 @@ tokens, prefix caching off, and is checked three ways (DIR/NAME.json):
   looks, so it returns zeros there, and that is reported instead;
 - rule: logged ids and weights == moe_profiler/routing_rules.py applied to the
   router logits the layer routed on (kept by a tap on the recorder's call),
-  written from the model's definition, independent of vLLM's routing code.
+  written from the model's definition, independent of vLLM's routing code,
+  its scores rounded to the dtype vLLM's router kernel scores in (score_precision:
+  bfloat16 for DeepSeek-style grouped top-k on CUDA), exact ties counted apart.
+Dummy weights give router logits of ~1e-5, whose bfloat16 scores are all equal;
+each router's weights are scaled so that its logits have a spread of about 1
+(realistic_router_logits), as a trained router's do.
 Engines of one wave share the card (a fixed 2 GiB KV cache each, so that their
 memory profiling cannot disturb each other); a family that fails or hangs gets
 its error in its JSON, and the others go on. Run on the GPU host with the
@@ -151,6 +156,18 @@ class LogitsTap:
         self.buffers: dict[int, object] = {}
         self.biases: dict[int, object] = {}
         self.steps: list = []
+        self.layers: dict[int, object] = {}  # layer id -> the FusedMoE layer
+        self.logits_dtypes: dict[int, object] = {}  # layer id -> its router logits' dtype
+        self.on_cpu = False
+
+    def score_precision(self) -> str:
+        """The dtype vLLM's router scores the logged layers' logits in (routing_rules)."""
+        layer_id = min(self.layers, default=None)
+        if layer_id is None:
+            return "float64"
+        return score_precision(
+            self.layers[layer_id], self.logits_dtypes.get(layer_id), on_cpu=self.on_cpu
+        )
 
     def install(self) -> None:
         import torch
@@ -168,9 +185,11 @@ class LogitsTap:
         def on_model_loaded(model, vllm_config) -> None:
             loaded(model, vllm_config)
             rows = vllm_config.scheduler_config.max_num_batched_tokens
+            tap.on_cpu = vllm_config.device_config.device.type == "cpu"
             for layer in model.modules():
                 if getattr(layer, "moe_route_recorder", None) is None:
                     continue
+                tap.layers[layer.layer_id] = layer
                 tap.buffers[layer.layer_id] = torch.zeros(
                     rows,
                     layer.logical_num_experts,
@@ -184,6 +203,8 @@ class LogitsTap:
 
         def tapped_record(rec, hidden_states, router_logits, *args, **kwargs):
             buffer = tap.buffers.get(rec.layer.layer_id)
+            if not torch.compiler.is_compiling():  # CUDA: in the MoE custom op, eager
+                tap.logits_dtypes.setdefault(rec.layer.layer_id, router_logits.dtype)
             if buffer is not None:
                 n = min(router_logits.shape[0], buffer.shape[0])
                 buffer[:n].copy_(router_logits[:n])
@@ -204,6 +225,63 @@ class LogitsTap:
         hooks.on_model_loaded = on_model_loaded
         recorder.LayerRecorder.record = tapped_record
         hooks.end_step = tapped_end_step
+
+
+def score_precision(layer, logits_dtype, on_cpu: bool) -> str:
+    """The dtype in which vLLM 0.15.1 computes ``layer``'s routing scores.
+
+    CUDA, GroupedTopKRouter with valid groups (DeepSeek V2/V3, Kimi K2, GLM-4.5):
+    ``grouped_topk`` softmaxes in the logits' dtype (bfloat16 in, bfloat16 out), and
+    the fused ``ops.grouped_topk`` kernel (sigmoid + correction bias) keeps sigmoid,
+    score + bias and group sums in it too; GLM-4.5's gate makes float32 logits.
+    Other CUDA routers (topk_softmax, fused_topk_bias) and the CPU kernels
+    (cpu_fused_moe: ``gating_output.float()``) score in float32.
+    """
+    if on_cpu:
+        return "float32"
+    router = getattr(layer, "router", None)
+    if type(router).__name__ == "GroupedTopKRouter":
+        groups, experts = router.num_expert_group, layer.logical_num_experts
+        if experts > groups and experts % groups == 0:
+            names = {"torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+            return names.get(str(logits_dtype), "float32")
+    return "float32"
+
+
+def realistic_router_logits(std: float = 1.0) -> None:
+    """Scale each router of a dummy-loaded model so its logits spread about ``std``.
+
+    Dummy loading draws every weight from U(-1e-3, 1e-3), RMSNorm weights too, so a
+    router's input has an RMS of ~6e-4 and its logits are ~1e-5: bfloat16 scores of
+    such logits (softmax ~1/E, sigmoid ~0.5) are all one value, and vLLM's grouped
+    top-k then routes by expert index. The router input is the decoder layer's
+    ``post_attention_layernorm`` output, RMS ~ RMS(norm weight) per element, so
+    logits have a std of sqrt(hidden) * RMS(norm weight) * std(router weight).
+    """
+    import torch
+    from vllm.model_executor.model_loader.dummy_loader import DummyModelLoader
+
+    load = DummyModelLoader.load_weights
+
+    def load_weights(self, model, model_config) -> None:
+        load(self, model, model_config)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, weight in params.items():
+                parts = name.split(".")
+                if parts[-1] != "weight" or parts[-2] not in ("gate", "router"):
+                    continue
+                if weight.dim() != 2 or not weight.is_floating_point() or "layers" not in parts:
+                    continue
+                layer_prefix = ".".join(parts[: parts.index("layers") + 2])
+                norm = params.get(f"{layer_prefix}.post_attention_layernorm.weight")
+                if norm is None:
+                    continue
+                input_rms = norm.float().pow(2).mean().sqrt()
+                spread = weight.shape[1] ** 0.5 * input_rms * weight.float().std()
+                weight.mul_(float(std / spread))
+
+    DummyModelLoader.load_weights = load_weights
 
 
 def fill_integer_weights() -> None:
@@ -271,6 +349,7 @@ def run_engine(args) -> dict:
         tap = LogitsTap()
         tap.install()
         fill_integer_weights()
+        realistic_router_logits()
         from vllm import LLM, SamplingParams
 
         started = time.perf_counter()
@@ -330,8 +409,9 @@ def run_engine(args) -> dict:
                 result["capture"] = oracle.compare([log], reference, layers).as_dict()
         rule = routing_rules.rule_for(config)
         tapped = family_check.tapped_logits(tap.steps)
-        agreement = family_check.rule_agreement(got, tapped, rule, tap.biases)
-        result["rule"] = {"rule": asdict(rule), **agreement.as_dict()}
+        precision = tap.score_precision()
+        agreement = family_check.rule_agreement(got, tapped, rule, tap.biases, precision=precision)
+        result["rule"] = {"rule": asdict(rule), "precision": precision, **agreement.as_dict()}
         if not args.keep_logs:
             log_path.unlink()
     except BaseException as e:  # the error goes into the result; the other families go on
@@ -412,7 +492,8 @@ def summary(result: dict) -> str:
     rule, lines = result["rule"], result["lines"]
     return (
         f"lines {lines['route_lines']}/{lines['expected']}, capture {_capture(result)}, "
-        f"rule ids {_pct(rule['agreement'])} ({rule['tied']} tied), "
+        f"rule ids {_pct(rule['agreement'])} ({rule['tied']} tied, "
+        f"scores in {rule.get('precision', 'float64')}), "
         f"weights {rule['weights_close']}/{rule['weights_compared']}"
     )
 

@@ -7,7 +7,13 @@ router logits of each logged layer and the pass's requests and positions
 vLLM's routing code) to those logits and compares ids (as sets) and weights with
 the log's route lines. Near-ties are counted apart: where the rule's k-th and
 (k+1)-th choice are exactly equal (bfloat16 logits make that happen), either
-choice is right, and kernels break ties differently.
+choice is right, and kernels break ties differently. Equal in the precision the
+serving kernel holds the scores in (``precision``, see routing_rules): vLLM's
+grouped top-k on CUDA scores bfloat16 router logits in bfloat16, where scores a
+few parts in a thousand apart are equal. In float64 such ties went uncounted:
+with the bench's dummy weights (router logits ~1e-5) every DeepSeek-family score
+rounded to one bfloat16 value, the kernel chose by expert index, and the float64
+rule agreed with none of the (right) logged routes.
 """
 
 from __future__ import annotations
@@ -80,16 +86,18 @@ def rule_agreement(
     biases: dict[int, np.ndarray | None],
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    precision: str = "float64",
 ) -> RuleAgreement:
-    """Compare route lines with ``rule`` applied to the tapped logits of the same tokens."""
+    """Compare route lines with ``rule`` applied to the tapped logits of the same tokens,
+    its scores rounded to ``precision`` (the serving kernel's score dtype)."""
     result = RuleAgreement()
     keys = list(tapped)
     expected: dict[tuple[str, int, int], tuple[list[int], list[float], bool]] = {}
     for layer in sorted({key[2] for key in keys}):
         layer_keys = [key for key in keys if key[2] == layer]
         logits = np.stack([tapped[key] for key in layer_keys])
-        ids, weights = rule.route(logits, biases.get(layer))
-        ties = rule.ties(logits, biases.get(layer))
+        ids, weights = rule.route(logits, biases.get(layer), precision)
+        ties = rule.ties(logits, biases.get(layer), precision)
         for key, i, w, t in zip(layer_keys, ids.tolist(), weights.tolist(), ties, strict=True):
             expected[key] = (i, w, bool(t))
     lines: dict[tuple[str, int, int], routes.Route] = {}

@@ -7,6 +7,13 @@ Written from the models' own definitions (transformers' modelling files, DeepSee
 ``inference/model.py``), not from vLLM's code: the GPU bench applies it to the
 router logits vLLM computed and compares the result with the route log, and the
 CPU tests check it against transformers' forward pass.
+
+``precision`` is the floating-point type the serving kernel holds the scores in
+(``PRECISIONS``): the rule rounds scores, biased scores and group scores to it
+where such a kernel would, so that choices a kernel cannot tell apart show up as
+ties. On CUDA, vLLM's grouped top-k (DeepSeek V2/V3, Kimi K2) scores in the
+router logits' own dtype (bfloat16 unless the model casts the gate to float32, as
+GLM-4.5 does); its other routers and its CPU kernels score in float32.
 """
 
 from __future__ import annotations
@@ -36,10 +43,10 @@ class Rule:
     scale: float = 1.0  # routed_scaling_factor
 
     def route(
-        self, logits: np.ndarray, bias: np.ndarray | None = None
+        self, logits: np.ndarray, bias: np.ndarray | None = None, precision: str = "float64"
     ) -> tuple[np.ndarray, np.ndarray]:
         """``[tokens, experts]`` logits -> ids ``[tokens, k]`` and weights ``[tokens, k]``."""
-        choice, scores, _ = self._choice(logits, bias)
+        choice, scores, _ = self._choice(logits, bias, precision)
         ids = _top(choice, self.top_k)
         if self.choose_on_logits:
             chosen = np.take_along_axis(choice, ids, axis=-1)
@@ -50,32 +57,36 @@ class Rule:
             weights = weights / weights.sum(axis=-1, keepdims=True)
         return ids, weights * self.scale
 
-    def ties(self, logits: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        """Per token: whether the k-th and (k+1)-th choice (or group) are exactly equal,
-        so that another, equally right, choice exists."""
-        choice, _, group_scores = self._choice(logits, bias)
+    def ties(
+        self, logits: np.ndarray, bias: np.ndarray | None = None, precision: str = "float64"
+    ) -> np.ndarray:
+        """Per token: whether the k-th and (k+1)-th choice (or group) are exactly equal
+        (in ``precision``), so that another, equally right, choice exists."""
+        choice, _, group_scores = self._choice(logits, bias, precision)
         tied = _tie_at(choice, self.top_k)
         if group_scores is not None:
             tied |= _tie_at(group_scores, self.topk_groups)
         return tied
 
-    def _choice(self, logits: np.ndarray, bias: np.ndarray | None):
+    def _choice(self, logits: np.ndarray, bias: np.ndarray | None, precision: str = "float64"):
         """(what experts are chosen on, their scores, the group scores or None)."""
         logits = np.asarray(logits, dtype=np.float64)
         if self.choose_on_logits:
             return logits, None, None
         scores = _softmax(logits) if self.scoring == "softmax" else _sigmoid(logits)
+        scores = round_to(scores, precision)
         choice = scores
         if self.correction_bias:
             if bias is None:
                 raise ValueError("this rule needs the e_score_correction_bias")
-            choice = scores + np.asarray(bias, dtype=np.float64)[None, :]
+            bias = round_to(np.asarray(bias, dtype=np.float64), precision)
+            choice = round_to(scores + bias[None, :], precision)
         if self.num_groups <= 1:
             return choice, scores, None
         tokens, experts = choice.shape
         groups = choice.reshape(tokens, self.num_groups, experts // self.num_groups)
         if self.correction_bias:  # DeepSeek-V3: a group's two best experts
-            group_scores = np.sort(groups, axis=-1)[..., -2:].sum(axis=-1)
+            group_scores = round_to(np.sort(groups, axis=-1)[..., -2:].sum(axis=-1), precision)
         else:  # DeepSeek-V2: a group's best expert
             group_scores = groups.max(axis=-1)
         keep = np.zeros(group_scores.shape, dtype=bool)
@@ -111,6 +122,23 @@ def rule_for(config: dict) -> Rule:
             scale=float(config.get("routed_scaling_factor", 1.0)),
         )
     raise ValueError(f"no routing rule for architecture {arch!r}")
+
+
+PRECISIONS = ("float64", "float32", "float16", "bfloat16")
+
+
+def round_to(values: np.ndarray, precision: str) -> np.ndarray:
+    """``values`` (float64) rounded to the nearest ``precision`` number, as float64."""
+    if precision == "float64":
+        return values
+    if precision in ("float32", "float16"):
+        return values.astype(precision).astype(np.float64)
+    if precision != "bfloat16":
+        raise ValueError(f"unknown precision {precision!r}; known: {PRECISIONS}")
+    # bfloat16: the upper 16 bits of float32, rounded to nearest even
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:

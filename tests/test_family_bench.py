@@ -131,6 +131,75 @@ def test_rule_agreement_counts_each_case():
     }
 
 
+def test_bfloat16_rounding_and_ties():
+    x = np.array([1.0, 1.0 + 2**-9, 1.0 + 2**-7, 0.5 + 2**-10, -3.0, np.inf])
+    assert routing_rules.round_to(x, "bfloat16").tolist() == [
+        1.0,
+        1.0,
+        1.0 + 2**-7,
+        0.5,
+        -3.0,
+        np.inf,
+    ]
+    assert routing_rules.round_to(x, "float64") is x
+    rule = routing_rules.Rule("sigmoid", 1, True, correction_bias=True)
+    logits, bias = np.array([[1e-5, 2e-5]]), np.array([0.0, 0.0])
+    assert rule.route(logits, bias)[0].tolist() == [[1]]  # float64 tells them apart
+    assert not rule.ties(logits, bias)[0]
+    assert rule.ties(logits, bias, "bfloat16")[0]  # a bfloat16 kernel cannot: sigmoid 0.5 both
+    assert rule.route(logits, bias, "bfloat16")[0].tolist() == [[0]]  # lower index first
+
+
+def grouped_topk_on_cuda():
+    """vLLM 0.15.1's grouped_topk as CUDA runs it for DeepSeek-V2 (no bias: not the fused
+    kernel), without its torch.compile wrapper; its Python runs on CPU tensors too."""
+    pytest.importorskip("vllm")
+    from vllm.model_executor.layers.fused_moe.router import grouped_topk_router
+
+    return grouped_topk_router.grouped_topk._torchdynamo_orig_callable
+
+
+def routed_steps(logits, grouped_topk):
+    """One pass of one request: a TapStep of ``logits``, the lines ``grouped_topk`` routes."""
+    weights, ids = grouped_topk(logits, logits, 6, False, 1, 1, "softmax", 1.0, None)
+    n = logits.shape[0]
+    step = family_check.TapStep(["r"], np.array([n]), np.arange(n), {1: logits.float().numpy()})
+    lines = [
+        route("r", pos, 1, i, w)
+        for pos, (i, w) in enumerate(zip(ids.tolist(), weights.tolist(), strict=True))
+    ]
+    return family_check.tapped_logits([step]), lines
+
+
+def test_deepseek_v2_bfloat16_scores_on_dummy_logits_are_ties():
+    """The H200 result (0 of 37,723 pairs, 630 tied) from vLLM's own CUDA routing code.
+
+    V2-Lite's rule (softmax, top-6 of 64) on dummy-weight router logits (~1e-5) in
+    bfloat16: every score is 1/64 in bfloat16, so vLLM picks by index, the same
+    experts for every token; the float64 rule picks by the logits. Counted in the
+    kernel's precision these are ties; with logits spread as a trained router's
+    (realistic_router_logits) the rule agrees."""
+    import torch
+
+    grouped_topk = grouped_topk_on_cuda()
+    rule = routing_rules.Rule("softmax", 6, False)
+    generator = torch.Generator().manual_seed(0)
+    dummy = (torch.randn(200, 64, generator=generator) * 1.5e-5).bfloat16()
+    tapped, lines = routed_steps(dummy, grouped_topk)
+    assert len({tuple(line.experts) for line in lines}) == 1  # one route for every token
+    before = family_check.rule_agreement(lines, tapped, rule, {1: None})
+    assert before.identical == 0 and before.tied < 0.05 * before.pairs  # the H200 signature
+    after = family_check.rule_agreement(lines, tapped, rule, {1: None}, precision="bfloat16")
+    assert after.tied == after.pairs  # every choice is a tie the kernel broke by index
+
+    realistic = torch.randn(200, 64, generator=generator).bfloat16()
+    tapped, lines = routed_steps(realistic, grouped_topk)
+    result = family_check.rule_agreement(lines, tapped, rule, {1: None}, precision="bfloat16")
+    assert result.identical_untied == result.pairs - result.tied
+    assert result.agreement >= 0.9 and result.tied <= 0.1 * result.pairs, result
+    assert result.weights_close == result.weights_compared == result.identical
+
+
 def test_table_rows_and_errors(tmp_path):
     ok = {
         "family": "gpt_oss",
@@ -193,9 +262,8 @@ def test_a_failing_family_does_not_stop_the_others(tmp_path):
     )
 
 
-@pytest.mark.e2e
-def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
-    """The whole engine path (tap, log, rule) on a tiny DeepSeek-V3, eager, no vLLM capture."""
+def run_engine(plan: str, model_dir, tmp_path, *extra: str) -> dict:
+    """``family_bench.py engine`` on the CPU build (eager, no vLLM capture); its result."""
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -207,13 +275,9 @@ def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
             sys.executable,
             str(REPO / "bench/family_bench.py"),
             "engine",
-            "deepseek_v3",
+            plan,
             "--model-dir",
-            str(family_models["deepseek_v3"]),
-            "--load-format",
-            "auto",
-            "--dtype",
-            "float32",
+            str(model_dir),
             "--eager",
             "--no-capture",
             "--kv-cache-gib",
@@ -227,6 +291,7 @@ def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
             "4",
             "--log-dir",
             str(tmp_path / "logs"),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -234,11 +299,45 @@ def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((tmp_path / "deepseek_v3.json").read_text())
+    return json.loads((tmp_path / f"{plan}.json").read_text())
+
+
+@pytest.mark.e2e
+def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
+    """The whole engine path (tap, log, rule) on a tiny DeepSeek-V3, eager, no vLLM capture."""
+    result = run_engine(
+        "deepseek_v3",
+        family_models["deepseek_v3"],
+        tmp_path,
+        *("--load-format", "auto", "--dtype", "float32"),
+    )
     lines, rule = result["lines"], result["rule"]
     assert lines["route_lines"] == lines["expected"] and lines["duplicates"] == 0
     assert result["moe_layers_as_planned"] and result["header"]["layers"] == [1, 2]
     assert rule["pairs"] == lines["expected"] and rule["missing"] == rule["unknown"] == 0
     assert rule["identical_untied"] == rule["pairs"] - rule["tied"]  # every untied pair
     assert rule["weights_close"] == rule["weights_compared"] == rule["identical"]
+    assert rule["precision"] == "float32"  # the CPU kernels score in float32
     assert not (tmp_path / "logs" / "deepseek_v3.jsonl").exists()  # removed unless --keep-logs
+
+
+@pytest.mark.e2e
+def test_dummy_weights_deepseek_engine_on_the_cpu_build(family_models, tmp_path, patched):
+    """As the GPU bench runs: dummy weights, bfloat16, a DeepSeek-V2 (grouped softmax, x16).
+
+    Dummy router logits are ~1e-5: their scores were near-ties the kernels broke
+    by their rounding (89 % here, 0 % on the H200, where they were all equal in
+    bfloat16). realistic_router_logits scales the routers as trained ones are."""
+    result = run_engine(
+        "deepseek_v2_lite",
+        family_models["deepseek_v2"],
+        tmp_path,
+        *("--load-format", "dummy", "--dtype", "bfloat16"),
+    )
+    lines, rule = result["lines"], result["rule"]
+    assert lines["route_lines"] == lines["expected"] and lines["duplicates"] == 0
+    assert rule["pairs"] == lines["expected"] and rule["missing"] == rule["unknown"] == 0
+    assert rule["agreement"] >= 0.99 and rule["agreement_untied"] >= 0.99, rule
+    assert rule["tied"] <= 0.01 * rule["pairs"]
+    assert rule["precision"] == "float32"
+    assert rule["weights_close"] == rule["weights_compared"] == rule["identical"]
