@@ -105,3 +105,35 @@ def test_a_recorder_with_an_in_graph_counter_counts_instead_of_copying():
     assert counter.counts.view(2, 8)[1].tolist() == [0, 0, 0, 2, 1, 1, 0, 0]
     assert counter.weight_sums.view(2, 8)[1, 3].item() == 1.0  # scaled weights
     assert buffers.routes.eq(0).all(), "nothing goes to the route buffer"
+
+
+def test_in_graph_counting_is_used_only_where_it_can_be_right(tmp_path):
+    from types import SimpleNamespace
+
+    from moe_route_log import hooks
+    from moe_route_log.envs import read_config
+
+    def config(**env):
+        return read_config({"VLLM_LOG_MOE": str(tmp_path / "log.jsonl"), **env})
+
+    class Runner:  # what hooks reads of GPUModelRunner (and CPUModelRunner)
+        def __init__(self, vllm_config):
+            self.vllm_config = vllm_config
+            self.query_start_loc = SimpleNamespace(gpu=torch.zeros(5, dtype=torch.int32))
+
+    vllm_config = SimpleNamespace(device_config=SimpleNamespace(device=torch.device("cpu")))
+    runner = Runner(vllm_config)
+    hooks.runner_created(runner)
+    on = config(VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1")
+    path, source = hooks._counts_path(on, vllm_config, dp_size=1)
+    assert path == hooks.IN_GRAPH and source is runner.query_start_loc.gpu
+    assert hooks._counts_path(on, vllm_config, dp_size=2) == (hooks.END_OF_PASS, None)
+    other_engine = SimpleNamespace(device_config=vllm_config.device_config)
+    assert hooks._counts_path(on, other_engine, dp_size=1) == (hooks.END_OF_PASS, None)
+    routes = config(VLLM_LOG_MOE_COUNTS_IN_GRAPH="1")
+    assert hooks._counts_path(routes, vllm_config, dp_size=1) == (hooks.END_OF_PASS, None)
+    assert hooks._counts_path(config(VLLM_LOG_MOE_MODE="counts"), vllm_config, 1)[0] == (
+        hooks.END_OF_PASS
+    )
+    del runner  # a weak reference: a runner that is gone is not used
+    assert hooks._counts_path(on, vllm_config, dp_size=1) == (hooks.END_OF_PASS, None)

@@ -30,7 +30,9 @@ def _count_routes(
     rows,
     row_offset,
     ids_stride,
+    ids_col_stride,
     weights_stride,
+    weights_col_stride,
     expert_base,
     TOP_K: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -40,8 +42,11 @@ def _count_routes(
     choice = cell % TOP_K
     n_real = tl.load(n_real_ptr)
     valid = (cell < rows * TOP_K) & (row + row_offset < n_real)
-    expert = tl.load(ids_ptr + row * ids_stride + choice, mask=valid, other=0).to(tl.int64)
-    weight = tl.load(weights_ptr + row * weights_stride + choice, mask=valid, other=0.0)
+    ids = ids_ptr + row * ids_stride + choice * ids_col_stride
+    expert = tl.load(ids, mask=valid, other=0).to(tl.int64)
+    weight = tl.load(
+        weights_ptr + row * weights_stride + choice * weights_col_stride, mask=valid, other=0.0
+    )
     target = expert_base + expert
     tl.atomic_add(counts_ptr + target, tl.full([BLOCK], 1, tl.int64), mask=valid)
     tl.atomic_add(weight_sums_ptr + target, weight.to(tl.float32), mask=valid)
@@ -70,7 +75,9 @@ def count_routes(
         rows,
         row_offset,
         topk_ids.stride(0),
+        topk_ids.stride(1),
         topk_weights.stride(0),
+        topk_weights.stride(1),
         expert_base,
         TOP_K=top_k,
         BLOCK=_BLOCK,
