@@ -203,13 +203,14 @@ def in_graph_counts_run(tiny_model, prompts12, tmp_path_factory, patched):
         tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return records, log
+    return records, log, proc
 
 
 def test_in_graph_counts_equal_the_routes_of_the_same_prompts(all_layers_run, in_graph_counts_run):
     """torch.compile (the CPU build's default): the op is kept and masks the padded rows."""
     routes_records, routes_log, _ = all_layers_run
-    records, log = in_graph_counts_run
+    records, log, proc = in_graph_counts_run
+    assert "warm-up over; counts inside the graphs start from zero" in proc.stdout + proc.stderr
     assert [r["token_ids"] for r in records] == [r["token_ids"] for r in routes_records]
     header, counted = window_totals(log)
     assert (header["mode"], header["counts_path"]) == ("counts", "in_graph")
@@ -264,6 +265,7 @@ def test_in_graph_counts_eager_with_prefix_caching(eager_prefix_run, tmp_path):
     env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "2,0", **IN_GRAPH_COUNTS}
     records, proc = engine(tmp_path, spec, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warm-up over; counts inside the graphs start from zero" in proc.stdout + proc.stderr
     assert [r["token_ids"] for r in records] == [r["token_ids"] for r in routes_records]
     assert [r["num_cached_tokens"] for r in records] == [
         r["num_cached_tokens"] for r in routes_records

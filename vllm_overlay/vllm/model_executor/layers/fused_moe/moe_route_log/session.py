@@ -245,6 +245,7 @@ class RouteLogSession:
         forget what they counted in the graph."""
         if self._in_graph:
             self._counts.zero()
+            logger.info("VLLM_LOG_MOE: warm-up over; counts inside the graphs start from zero")
 
     # ---- run-time control (engine thread, between passes) ------------------------------
 
