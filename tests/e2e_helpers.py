@@ -75,3 +75,51 @@ def hf_router_topk(model_dir: Path, records: list[dict]) -> tuple[dict, dict]:
             ids[rec["request_id"]] = top.indices.numpy()
             weights[rec["request_id"]] = top.values.numpy()
     return ids, weights
+
+
+def route_totals(got: list[routes.Route], layers: list[int]) -> dict:
+    """What counts mode should hold for these route lines: per logged layer and expert,
+    tokens and weight sums; tokens and prompt tokens (each token once, at its first layer)."""
+    import numpy as np
+
+    counts = np.zeros((len(layers), NUM_EXPERTS), dtype=np.int64)
+    sums = np.zeros((len(layers), NUM_EXPERTS))
+    for r in got:
+        np.add.at(counts[layers.index(r.layer)], r.experts, 1)
+        np.add.at(sums[layers.index(r.layer)], r.experts, r.weights)
+    first = [r for r in got if r.layer == layers[0]]
+    return {
+        "counts": counts.tolist(),
+        "weight_sums": sums,
+        "tokens": len(first),
+        "prefill_tokens": sum(bool(r.prefill) for r in first),
+    }
+
+
+def window_totals(path: Path) -> tuple[dict, dict]:
+    """A counts-mode log's header, and its windows summed like ``route_totals``."""
+    import numpy as np
+
+    routes.wait_until_complete(path, timeout=120)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[-1]["type"] == "end" and not [r for r in lines if r["type"] == "route"]
+    windows = [r for r in lines if r["type"] == "counts"]
+    assert windows, "no counts window was written"
+    return lines[0], {
+        "counts": np.sum([w["counts"] for w in windows], axis=0).tolist(),
+        "weight_sums": np.sum([w["weight_sums"] for w in windows], axis=0),
+        "tokens": sum(w["tokens"] for w in windows),
+        "prefill_tokens": sum(w["prefill_tokens"] for w in windows),
+    }
+
+
+def assert_counts_equal_routes(counted: dict, expected: dict) -> None:
+    """Counts equal the route lines' token for token; weight sums to the lines' 6 decimals."""
+    import numpy as np
+
+    assert counted["counts"] == expected["counts"]
+    assert (counted["tokens"], counted["prefill_tokens"]) == (
+        expected["tokens"],
+        expected["prefill_tokens"],
+    )
+    assert np.allclose(counted["weight_sums"], expected["weight_sums"], atol=1e-3, rtol=1e-5)

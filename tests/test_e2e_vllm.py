@@ -23,11 +23,14 @@ from e2e_helpers import (
     NUM_LAYERS,
     REPO,
     TOP_K,
+    assert_counts_equal_routes,
     assert_one_line_per_token_and_layer,
     engine,
     expected_positions,
     hf_router_topk,
     read_log,
+    route_totals,
+    window_totals,
 )
 
 from moe_profiler import oracle, routes
@@ -121,6 +124,7 @@ def test_header_and_trailer(all_layers_run):
         and h["created"].endswith("Z")
     )
     assert h["enforce_eager"] is False and h["prefix_caching"] is False
+    assert h["counts_path"] == "end_of_pass"  # routes mode: VLLM_LOG_MOE_COUNTS_IN_GRAPH unset
     tokens = sum(len(expected_positions(r)) for r in records)
     assert log.trailer["lines"] == len(got) == tokens * NUM_LAYERS
     assert log.trailer["tokens"] == tokens and log.trailer["steps"] >= 12
@@ -182,9 +186,45 @@ def test_prompt_routes_match_transformers(all_layers_run, tiny_model):
     assert total > 0 and close / total >= 0.99
 
 
-def test_layer_list_eager_and_prefix_caching(tiny_model, questions, tmp_path, patched):
-    """A layer list, eager mode, prefix caching on: cached prompt tokens have no route lines."""
-    log = tmp_path / "moe.jsonl"
+IN_GRAPH_COUNTS = {
+    "VLLM_LOG_MOE_MODE": "counts",
+    "VLLM_LOG_MOE_COUNTS_IN_GRAPH": "1",
+    "VLLM_LOG_MOE_INTERVAL_S": "0.5",
+}
+
+
+@pytest.fixture(scope="session")
+def in_graph_counts_run(tiny_model, prompts12, tmp_path_factory, patched):
+    """all_layers_run's prompts in counts mode, counted inside the compiled forward."""
+    tmp = tmp_path_factory.mktemp("in-graph")
+    log = tmp / "counts.jsonl"
+    env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **IN_GRAPH_COUNTS}
+    records, proc = engine(
+        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return records, log, proc
+
+
+def test_in_graph_counts_equal_the_routes_of_the_same_prompts(all_layers_run, in_graph_counts_run):
+    """torch.compile (the CPU build's default): the op is kept and masks the padded rows."""
+    routes_records, routes_log, _ = all_layers_run
+    records, log, proc = in_graph_counts_run
+    assert "warm-up over; counts inside the graphs start from zero" in proc.stdout + proc.stderr
+    assert [r["token_ids"] for r in records] == [r["token_ids"] for r in routes_records]
+    header, counted = window_totals(log)
+    assert (header["mode"], header["counts_path"]) == ("counts", "in_graph")
+    _, got = read_log(routes_log)
+    expected = route_totals(got, [0, 1, 2])
+    assert expected["tokens"] == sum(len(expected_positions(r)) for r in records)
+    assert_counts_equal_routes(counted, expected)
+
+
+@pytest.fixture(scope="session")
+def eager_prefix_run(tiny_model, questions, tmp_path_factory, patched):
+    """A layer list, eager mode, prefix caching on, the prompts twice: routes mode."""
+    tmp = tmp_path_factory.mktemp("eager-prefix")
+    log = tmp / "moe.jsonl"
     long_prompts = [" ".join(questions[i : i + 4]) for i in range(0, 16, 4)]  # > 2 KV blocks each
     spec = {
         "model": str(tiny_model),
@@ -195,8 +235,14 @@ def test_layer_list_eager_and_prefix_caching(tiny_model, questions, tmp_path, pa
         "rounds": 2,
         "max_model_len": 1024,
     }
-    records, proc = engine(tmp_path, spec, {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "2,0"})
+    records, proc = engine(tmp, spec, {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "2,0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return spec, records, log
+
+
+def test_layer_list_eager_and_prefix_caching(tiny_model, eager_prefix_run):
+    """A layer list, eager mode, prefix caching on: cached prompt tokens have no route lines."""
+    _, records, log = eager_prefix_run
     header, got = read_log(log)
     assert header.header["layers"] == [0, 2] and header.header["enforce_eager"] is True
     assert_one_line_per_token_and_layer(records, got, [0, 2])
@@ -210,6 +256,28 @@ def test_layer_list_eager_and_prefix_caching(tiny_model, questions, tmp_path, pa
     hf_ids, _ = hf_router_topk(tiny_model, first)  # eager mode routes right too
     result = oracle.compare([header], {k: v[:, [0, 2]] for k, v in hf_ids.items()}, [0, 2])
     assert result.missing == 0 and result.agreement >= 0.99, result.as_dict()
+
+
+def test_in_graph_counts_eager_with_prefix_caching(eager_prefix_run, tmp_path):
+    """Eager mode, a layer list, cached prompt tokens: the same counts as the routes."""
+    spec, routes_records, routes_log = eager_prefix_run
+    log = tmp_path / "counts.jsonl"
+    env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "2,0", **IN_GRAPH_COUNTS}
+    records, proc = engine(tmp_path, spec, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warm-up over; counts inside the graphs start from zero" in proc.stdout + proc.stderr
+    assert [r["token_ids"] for r in records] == [r["token_ids"] for r in routes_records]
+    assert [r["num_cached_tokens"] for r in records] == [
+        r["num_cached_tokens"] for r in routes_records
+    ]
+    header, counted = window_totals(log)
+    assert (header["counts_path"], header["layers"], header["enforce_eager"]) == (
+        "in_graph",
+        [0, 2],
+        True,
+    )
+    _, got = read_log(routes_log)
+    assert_counts_equal_routes(counted, route_totals(got, [0, 2]))
 
 
 def test_preempted_requests_log_their_recomputed_tokens_again(

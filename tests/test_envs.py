@@ -24,6 +24,7 @@ def test_defaults(tmp_path):
     assert c.buffer_bytes == 256 * 2**20
     assert (c.mode, c.interval_s, c.start_on) == ("routes", 10.0, True)
     assert (c.max_bytes, c.keep, c.sample) == (None, None, 1.0)
+    assert c.counts_in_graph is False
 
 
 def test_all_values(tmp_path):
@@ -124,6 +125,8 @@ def test_production_settings(tmp_path):
     assert (c.max_bytes, c.keep, c.sample) == (64 << 20, 3, 0.01)
     assert config(tmp_path, VLLM_LOG_MOE_SAMPLE="1").sample == 1.0
     assert config(tmp_path, VLLM_LOG_MOE_ENCODERS="3").encoders == 3
+    assert config(tmp_path, VLLM_LOG_MOE_COUNTS_IN_GRAPH="1").counts_in_graph is True
+    assert config(tmp_path, VLLM_LOG_MOE_COUNTS_IN_GRAPH="0").counts_in_graph is False
     assert config(tmp_path).encoders == max(1, min(4, (os.cpu_count() or 1) // 8))  # auto
 
 
@@ -144,6 +147,8 @@ def test_production_settings(tmp_path):
         ("VLLM_LOG_MOE_MAX_MB", "1.5", "an integer"),
         ("VLLM_LOG_MOE_ENCODERS", "0", "'auto' or an integer from 1 to 64"),
         ("VLLM_LOG_MOE_ENCODERS", "many", "'auto' or an integer from 1 to 64"),
+        ("VLLM_LOG_MOE_COUNTS_IN_GRAPH", "yes", "'0' or '1'"),
+        ("VLLM_LOG_MOE_COUNTS_IN_GRAPH", "2", "'0' or '1'"),
     ],
 )
 def test_bad_production_settings(tmp_path, name, value, accepted):
@@ -201,5 +206,6 @@ def test_every_variable_is_documented():
         "VLLM_LOG_MOE_KEEP",
         "VLLM_LOG_MOE_SAMPLE",
         "VLLM_LOG_MOE_ENCODERS",
+        "VLLM_LOG_MOE_COUNTS_IN_GRAPH",
     }
     assert all(len(doc) > 30 for _, doc in envs.ENV_VARS.values())

@@ -82,3 +82,14 @@ def test_serve_bench_summary_pairs_reps_with_off():
     counts = summary["20.0"]["counts"]
     assert counts["per_rep"] == [0.99, 1.0083, 1.0] and counts["median_ratio"] == 1.0
     assert summary["20.0"]["off"] == {"output_tok_s": [100, 120, 110], "median_tok_s": 110}
+
+
+def test_counts_graph_configuration_measures_the_in_graph_path():
+    env, baseline = overhead_bench.CONFIGS["counts_graph"]
+    assert baseline == "off" and env["VLLM_LOG_MOE_MODE"] == "counts"
+    assert env["VLLM_LOG_MOE_COUNTS_IN_GRAPH"] == "1"
+    check = {"mode": "counts", "exact": True, "logged_tokens": 5, "expected_tokens": 5}
+    text = overhead_bench.check_text(
+        {"check": {**check, "engine_waits": 0, "counts_path": "in_graph"}}
+    )
+    assert text.endswith("; counted in graph")

@@ -20,7 +20,7 @@ from moe_profiler import routes
 LAYERS, EXPERTS, TOP_K, ROWS = [3, 5], 8, 2, 32
 
 
-def make_session(tmp_path, **env) -> RouteLogSession:
+def make_session(tmp_path, in_graph=False, **env) -> RouteLogSession:
     config = read_config({"VLLM_LOG_MOE": str(tmp_path / "log.jsonl"), **env})
     meta = {
         "layers": LAYERS,
@@ -33,7 +33,9 @@ def make_session(tmp_path, **env) -> RouteLogSession:
         "mode": config.mode,
         "sample": config.sample,
     }
-    return RouteLogSession(config, meta, ROWS, len(LAYERS), TOP_K, EXPERTS, torch.device("cpu"))
+    return RouteLogSession(
+        config, meta, ROWS, len(LAYERS), TOP_K, EXPERTS, torch.device("cpu"), in_graph
+    )
 
 
 def run_pass(session, rng, reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12))) -> np.ndarray:
@@ -125,6 +127,56 @@ def test_start_off_records_nothing_until_started(tmp_path):
     assert s.dump()["counts"] == bincount(ids)
     lines = lines_of(s, tmp_path / "log.jsonl")
     assert {r["step"] for r in lines if r["type"] == "route"} == {1}
+
+
+def in_graph_pass(
+    session, counter, source, rng, reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12)), dummy=False
+):
+    """A pass counted in the graph: each layer counts its padded rows (ROWS), masked to
+    the real ones by the device token count; then the runner's end_step (not for the
+    dummy passes of the warm-up, which vLLM runs outside execute_model)."""
+    rows = sum(r[1] for r in reqs)
+    source[-1] = rows  # what _prepare_inputs writes before every real pass
+    ids = np.stack([rng.permutation(EXPERTS)[:TOP_K] for _ in range(ROWS * len(LAYERS))])
+    ids = ids.reshape(ROWS, len(LAYERS), TOP_K)
+    for slot in range(len(LAYERS)):
+        counter.count(
+            torch.from_numpy(ids[:, slot]).int(), torch.full((ROWS, TOP_K), 0.25), slot, 0
+        )
+    if dummy:
+        return ids[:rows]
+    session.end_step(
+        [r[0] for r in reqs],
+        np.array([r[1] for r in reqs]),
+        np.array([r[3] for r in reqs]),
+        np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs]),
+        torch.arange(ROWS, dtype=torch.int32),
+    )
+    return ids[:rows]
+
+
+def test_in_graph_counts_windows_dump_and_stop_start(tmp_path):
+    s = make_session(
+        tmp_path, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1", in_graph=True
+    )
+    source = torch.zeros(5, dtype=torch.int32)
+    counter = s.in_graph_counter(source)
+    rng = np.random.default_rng(4)
+    in_graph_pass(s, counter, source, rng, dummy=True)  # warm-up: forgotten
+    s.warm_up_done()
+    first = np.concatenate([in_graph_pass(s, counter, source, rng) for _ in range(2)])
+    dump = s.dump()
+    assert dump["counts"] == bincount(first) and dump["tokens"] == 12
+    assert dump["weight_sums"] == (np.array(bincount(first)) * 0.25).tolist()
+    s.stop()
+    in_graph_pass(s, counter, source, rng)  # stopped: the layers count, start forgets it
+    s.start()
+    second = in_graph_pass(s, counter, source, rng, reqs=(("c-3", 3, 0, 3),))
+    assert s.dump()["counts"] == bincount(second) and s.dump()["prefill_tokens"] == 3
+    lines = lines_of(s, tmp_path / "log.jsonl")
+    windows = [r for r in lines if r["type"] == "counts"]
+    assert [w["counts"] for w in windows] == [bincount(first), bincount(second)]
+    assert [w["steps"] for w in windows] == [2, 1] and lines[-1]["steps"] == 3
 
 
 def test_merged_answers_are_sglang_logical_counts(tmp_path):

@@ -1,4 +1,5 @@
-"""The fused end-of-pass kernel (moe_route_log/step_kernel.py), run by Triton's interpreter.
+"""The fused end-of-pass kernel (step_kernel.py) and the in-graph count kernel
+(graph_kernel.py), run by Triton's interpreter.
 
 On the GPU a session runs the same self-check before it uses the kernel. Here the
 interpreter executes the kernel's code on CPU tensors, so its indexing, masks,
@@ -53,6 +54,53 @@ def test_kernel_equals_torch_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+IN_GRAPH_SCRIPT = f"""
+import sys
+sys.path.append({str(OVERLAY)!r})
+import torch
+from moe_route_log import graph_kernel
+from moe_route_log.graph_counts import count_torch
+
+graph_kernel.self_check("cpu")
+g = torch.Generator().manual_seed(2)
+for rows, top_k, experts, n_real, row_offset, ids_dtype, w_dtype in [
+    (1100, 8, 64, 1000, 0, torch.int32, torch.float32),  # several blocks, padding rows
+    (16, 3, 8, 40, 30, torch.int64, torch.bfloat16),  # a chunk: rows 30..45, 10 real
+    (8, 2, 8, 0, 0, torch.int32, torch.float32),  # a pass with no real row
+]:
+    ids = torch.randint(0, experts, (rows, top_k * 2), generator=g).to(ids_dtype)[:, ::2]
+    weights = torch.rand((rows, top_k), generator=g).to(w_dtype)
+    n = torch.tensor([7, n_real], dtype=torch.int32)[1:]
+    got = []
+    for count in (graph_kernel.count_routes, count_torch):
+        counts = torch.zeros(2 * experts, dtype=torch.int64)
+        sums = torch.zeros(2 * experts, dtype=torch.float32)
+        count(ids, weights, counts, sums, n, experts, row_offset)
+        got.append((counts, sums))
+    (counts, sums), (want_counts, want_sums) = got
+    assert torch.equal(counts, want_counts), rows
+    assert torch.allclose(sums, want_sums, atol=1e-3), rows
+    real = max(0, min(rows, n_real - row_offset))
+    assert int(counts.sum()) == real * top_k and counts[:experts].eq(0).all(), rows
+print("ok")
+"""
+
+
+def test_in_graph_kernel_equals_torch_in_the_interpreter():
+    """graph_kernel.py: masks rows at or beyond the device token count, strided int64 ids,
+    bf16 weights, a slot's offset into the flat accumulators."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", IN_GRAPH_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")

@@ -11,6 +11,10 @@ warning); elsewhere it is a few torch ops. No host sync, no per-step allocation.
 ``snapshot`` copies the accumulators into a pinned host slot, zeroes them and
 records an event: a window is cut in stream order, exactly between two passes,
 and the host reads it once the event has completed.
+
+In counts mode with in-graph counting (``graph_counts.py``) nothing calls ``add``:
+the logged layers add to ``accumulators`` during the pass, and ``zero`` clears
+what passes counted while nothing was recorded (warm-up, a stopped recorder).
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ class Snapshot:
 class DeviceExpertCounts:
     """Accumulates ``buffers``' routes per (logged layer, expert); optionally stages them."""
 
-    def __init__(self, buffers: RouteBuffers, num_experts: int, staging: bool = False) -> None:
+    def __init__(
+        self,
+        buffers: RouteBuffers,
+        num_experts: int,
+        staging: bool = False,
+        end_of_pass: bool = True,
+    ) -> None:
+        """``end_of_pass`` False: the layers count in the graph; ``add`` is never called."""
         layers, rows, top_k = buffers.expert_ids.shape
         device = buffers.routes.device
         self.shape = (layers, num_experts)
@@ -66,8 +77,8 @@ class DeviceExpertCounts:
             else None
         )
         cuda = device.type == "cuda"
-        self._kernel = _fused_kernel() if cuda else None
-        if self._kernel is None:  # the torch path's scratch
+        self._kernel = _fused_kernel() if cuda and end_of_pass else None
+        if self._kernel is None and end_of_pass:  # the torch path's scratch
             offsets = torch.arange(layers, dtype=torch.int64, device=device) * num_experts
             self._offsets = offsets.view(layers, 1, 1)
             self._index = torch.empty(layers * rows * top_k, dtype=torch.int64, device=device)
@@ -114,6 +125,17 @@ class DeviceExpertCounts:
             staged[packed:].copy_(input_ids[:rows])
         return staged
 
+    @property
+    def accumulators(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device counts (int64) and weight sums (float32), flat ``[layers * experts]``;
+        their addresses never change (CUDA graphs capture them)."""
+        return self._counts, self._weight_sums
+
+    def zero(self) -> None:
+        """Clear the open window's accumulators, in stream order."""
+        self._counts.zero_()
+        self._weight_sums.zero_()
+
     def peek(self) -> tuple[np.ndarray, np.ndarray]:
         """The open window's counts and weight sums, read now (waits for the device)."""
         counts = self._counts.cpu().numpy().reshape(self.shape)
@@ -128,8 +150,7 @@ class DeviceExpertCounts:
         weight_sums.view(-1).copy_(self._weight_sums, non_blocking=True)
         if copied is not None:
             copied.record()
-        self._counts.zero_()
-        self._weight_sums.zero_()
+        self.zero()
         return Snapshot(counts, weight_sums, copied, self._free, index)
 
 

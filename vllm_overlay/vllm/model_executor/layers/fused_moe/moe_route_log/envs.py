@@ -93,6 +93,15 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "mode). `auto`: one per 8 CPU cores, 1 to 4. Each encodes about 600k lines/s; raise "
         "it when the trailer reports `engine_waits` (the engine waited for the writer).",
     ),
+    "VLLM_LOG_MOE_COUNTS_IN_GRAPH": (
+        "0",
+        "`1`: in counts mode, each logged layer adds its routes to the device counts inside "
+        "the forward pass (inside the CUDA graphs), masked to the pass's real tokens read on "
+        "the device, so the engine thread launches nothing after a pass; the header's "
+        "`counts_path` says which path counted (`in_graph` or `end_of_pass`). Only with one "
+        "data-parallel rank (with more, and in routes mode, the end-of-pass kernel counts, "
+        "with a warning). Opt-in: checked on the CPU build, not yet measured on a GPU.",
+    ),
 }
 
 MODES = ("routes", "counts")
@@ -120,6 +129,7 @@ class LogConfig:
     keep: int | None = None  # files kept when rotating
     sample: float = 1.0  # fraction of requests in routes mode
     encoders: int = 1  # encoder processes of the writer
+    counts_in_graph: bool = False  # counts mode: count inside the forward (graph_counts.py)
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         """The logged layer indices for a model of ``num_layers`` decoder layers."""
@@ -193,6 +203,7 @@ def read_config(environ: Mapping[str, str] | None = None) -> LogConfig | None:
         keep=_parse_keep(env),
         sample=_parse_float(env, "VLLM_LOG_MOE_SAMPLE", low=0.0, high=1.0),
         encoders=_parse_encoders(env),
+        counts_in_graph=_parse_choice(env, "VLLM_LOG_MOE_COUNTS_IN_GRAPH", ("0", "1")) == "1",
     )
 
 

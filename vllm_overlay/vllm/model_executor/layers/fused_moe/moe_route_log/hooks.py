@@ -1,8 +1,13 @@
 """The functions vLLM's own files call; everything else stays behind them.
 
+- ``runner_created`` (``GPUModelRunner.__init__``, also the CPU runner's): keeps a
+  weak reference to the runner, whose ``query_start_loc`` buffer gives in-graph
+  counting each pass's real token count on the device.
 - ``on_model_loaded`` (end of ``BaseModelLoader.load_model``): reads and checks
   the VLLM_LOG_MOE* variables, and in a process that logs, starts its session
   and gives each logged FusedMoE layer a ``moe_route_recorder``.
+- ``warm_up_done`` (end of the GPU and CPU workers' ``compile_or_warm_up_model``):
+  the dummy passes are over; in-graph counts forget what they counted.
 - ``end_step`` (``GPUModelRunner.execute_model``, after the forward pass): hands
   the pass's real tokens and their requests to the session. The runner calls it
   only while ``ACTIVE``, so with logging off the cost is that one check.
@@ -23,21 +28,38 @@ import multiprocessing.util
 import os
 import socket
 import time
+import weakref
 
 import numpy as np
 import torch
+from vllm.logger import init_logger
 
-from .envs import LogConfigError, read_config
+from .envs import LogConfig, LogConfigError, read_config
 from .log_format import WEIGHT_DECIMALS
 from .naming import model_display_name, rank_log_path
 
+logger = init_logger(__name__)
 ACTIVE = False  # this process records routes now (the runner calls end_step)
 _session = None
+_runner: weakref.ref | None = None  # the last model runner built in this process
+IN_GRAPH, END_OF_PASS = "in_graph", "end_of_pass"  # the header's counts_path
 _COMPILE_FACTOR = "VLLM_LOG_MOE (route recorder traced into the compiled graph)"
 
 
 class UnsupportedSetupError(LogConfigError):
     """VLLM_LOG_MOE is set on an engine setup whose routes it cannot attribute."""
+
+
+def runner_created(runner) -> None:
+    """Remember ``runner`` (weakly): the model it loads next may count in the graph."""
+    global _runner
+    _runner = weakref.ref(runner)
+
+
+def warm_up_done() -> None:
+    """The worker's warm-up (profile, compile, graph capture) is over: no dummy pass follows."""
+    if _session is not None:
+        _session.warm_up_done()
 
 
 def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
@@ -79,6 +101,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
             f"VLLM_LOG_MOE is set, but route logging does not support {why}"
         )
     model_config = vllm_config.model_config
+    counts_path, n_real_source = _counts_path(config, vllm_config, dp_size)
     ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model
     meta = {
@@ -116,6 +139,7 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         "prefix_caching": bool(vllm_config.cache_config.enable_prefix_caching),
         "log_path": path,
         "mode": config.mode,
+        "counts_path": counts_path,
         "sample": config.sample,
     }
     session = RouteLogSession(
@@ -126,12 +150,16 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         top_k=first_layer.top_k,
         num_experts=first_layer.logical_num_experts,
         device=vllm_config.device_config.device,
+        in_graph=counts_path == IN_GRAPH,
     )
+    counter = session.in_graph_counter(n_real_source) if counts_path == IN_GRAPH else None
     for slot, layer_id in enumerate(layers):
         layer = moe_layers[layer_id]
         scale = routing.weight_scale(layer, blocks.get(id(layer)))
-        layer.moe_route_recorder = LayerRecorder(layer, session.buffers, slot, dp_rank, scale)
-    _register_compile_factor(layers)
+        layer.moe_route_recorder = LayerRecorder(
+            layer, session.buffers, slot, dp_rank, scale, counter
+        )
+    _register_compile_factor(layers, counts_path)
     atexit.register(session.close)
     multiprocessing.util.Finalize(None, session.close, exitpriority=100)
     _session, ACTIVE = session, session.recording
@@ -213,7 +241,32 @@ def _check_supported(vllm_config) -> None:
             )
 
 
-def _register_compile_factor(layers: list[int]) -> None:
+def _counts_path(config: LogConfig, vllm_config, dp_size: int) -> tuple[str, torch.Tensor | None]:
+    """Where counts are made, and for ``IN_GRAPH`` the device tensor whose last element
+    is each pass's real token count (the runner's ``query_start_loc``)."""
+    if not config.counts_in_graph:
+        return END_OF_PASS, None
+    runner = _runner() if _runner is not None else None
+    why = None
+    if config.mode != "counts":
+        why = "it applies to counts mode only (routes mode stages routes at the end of a pass)"
+    elif dp_size > 1:
+        why = "data parallel: idle ranks run dummy passes that the graphs would count"
+    elif runner is None or getattr(runner, "vllm_config", None) is not vllm_config:
+        why = "no model runner of this engine was seen (only GPUModelRunner, V1, is supported)"
+    elif runner.query_start_loc.gpu.device.type != vllm_config.device_config.device.type:
+        why = "the runner's query_start_loc is not on the model's device"
+    if why:
+        logger.warning(
+            "VLLM_LOG_MOE_COUNTS_IN_GRAPH=1 is not used: %s; the end-of-pass kernel counts", why
+        )
+        return END_OF_PASS, None
+    # _prepare_inputs fills query_start_loc[num_reqs + 1:] with the pass's token count
+    # and copies the whole buffer to the device before every real pass
+    return IN_GRAPH, runner.query_start_loc.gpu
+
+
+def _register_compile_factor(layers: list[int], counts_path: str) -> None:
     """Keep torch.compile caches of logged and unlogged runs apart where it matters.
 
     On CPU and TPU, Dynamo traces FusedMoE.forward_impl itself, so the recorder
@@ -223,7 +276,8 @@ def _register_compile_factor(layers: list[int]) -> None:
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu() or current_platform.is_tpu():
-        vllm_envs.environment_variables[_COMPILE_FACTOR] = lambda: f"layers={layers}"
+        factor = f"layers={layers} counts_path={counts_path}"
+        vllm_envs.environment_variables[_COMPILE_FACTOR] = lambda: factor
 
 
 def _model_moe_layers(stage_moe_layers: list[int], pp_size: int) -> list[int]:

@@ -10,6 +10,9 @@ with them: no host sync, no Python at replay. Rows beyond a pass's real tokens
 Under torch.compile without a custom-op boundary around the MoE layer (the CPU
 build), the copy goes through the registered op ``vllm.moe_route_record``,
 which declares that it writes the buffers, so Dynamo keeps it in the graph.
+
+In counts mode with VLLM_LOG_MOE_COUNTS_IN_GRAPH=1 a layer counts its routes
+instead of copying them (``graph_counts.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from vllm.forward_context import get_forward_context
 from vllm.platforms import current_platform
 from vllm.utils.torch_utils import direct_register_custom_op
+
+from .graph_counts import InGraphCounts
 
 
 class RouteBuffers:
@@ -95,6 +100,7 @@ class LayerRecorder:
         slot: int,
         dp_rank: int,
         weight_scale: float = 1.0,
+        counter: InGraphCounts | None = None,
     ):
         self.layer = layer
         self.buffers = buffers
@@ -106,6 +112,8 @@ class LayerRecorder:
         # With EPLB, select_experts returns physical (replica) ids: route again,
         # purely, to log the model's own (logical) expert ids.
         self.reroute = bool(getattr(layer, "enable_eplb", False))
+        # counts mode in the graph: count here; nothing goes to the route buffer
+        self.counter = counter
 
     def record(
         self,
@@ -121,6 +129,9 @@ class LayerRecorder:
             topk_weights, topk_ids = self._route(hidden_states, router_logits)
         if self.weight_scale != 1.0:
             topk_weights = topk_weights * self.weight_scale
+        if self.counter is not None:  # one data-parallel rank: never gathered
+            self.counter.count(topk_ids, topk_weights, self.slot, row_offset)
+            return
         args = (
             topk_ids,
             topk_weights,

@@ -8,6 +8,12 @@ hands the raw arrays to the writer process through a pipe. When every slot is in
 flight the next ``end_step`` waits for one (back-pressure, counted in the
 trailer) rather than drop routes.
 
+In counts mode with in-graph counting (``in_graph``; ``graph_counts.py``) the
+logged layers have already counted the pass on the device: ``end_step`` only
+keeps the host's account (passes, tokens, prefill tokens, the window clock).
+Those layers count every pass, also while nothing is recorded, so ``start`` and
+``warm_up_done`` zero the accumulators (in stream order, before the next pass).
+
 The first pass ``interval_s`` after a window opened closes it (so do stop and
 shutdown): its counts are cut in stream order, and the drain thread adds them to
 the totals behind the dump and the metrics; in counts mode the window also
@@ -32,6 +38,7 @@ from vllm.logger import init_logger
 from . import naming, wire
 from .counts import DeviceExpertCounts, Snapshot
 from .envs import LogConfig
+from .graph_counts import InGraphCounts
 from .log_format import is_sampled
 from .recorder import RouteBuffers
 from .writer import WriterProcess
@@ -107,6 +114,7 @@ class RouteLogSession:
         top_k: int,
         num_experts: int,
         device: torch.device,
+        in_graph: bool = False,
     ) -> None:
         self.path = config.path
         self.mode = config.mode
@@ -119,9 +127,14 @@ class RouteLogSession:
         self._interval_s = config.interval_s
         self._sample = config.sample
         self.buffers = RouteBuffers(rows, num_layers, top_k, device)
+        self._in_graph = in_graph and config.mode == "counts"
         self._counts = DeviceExpertCounts(
-            self.buffers, num_experts, staging=config.mode == "routes"
+            self.buffers,
+            num_experts,
+            staging=config.mode == "routes",
+            end_of_pass=not self._in_graph,
         )
+        self._num_experts = num_experts
         self._cuda = device.type == "cuda"
         self._shape = (num_layers, top_k)
         self._writer = WriterProcess(
@@ -178,7 +191,7 @@ class RouteLogSession:
         if not self.recording or self._closed:
             return
         rows = len(positions)
-        staged = self._counts.add(rows, input_ids)
+        staged = None if self._in_graph else self._counts.add(rows, input_ids)
         self.steps += 1
         self._window_steps += 1
         self._window_tokens += rows
@@ -221,6 +234,19 @@ class RouteLogSession:
         self._window_start = now
         self._window_steps = self._window_tokens = self._window_prefill = 0
 
+    def in_graph_counter(self, n_real_source: torch.Tensor) -> InGraphCounts:
+        """What the logged layers count with when ``in_graph``: the device accumulators,
+        and ``n_real_source``, whose last element holds each pass's real token count."""
+        counts, weight_sums = self._counts.accumulators
+        return InGraphCounts(counts, weight_sums, self._num_experts, n_real_source)
+
+    def warm_up_done(self) -> None:
+        """The engine's dummy passes (profile, warm-up, graph capture) are over:
+        forget what they counted in the graph."""
+        if self._in_graph:
+            self._counts.zero()
+            logger.info("VLLM_LOG_MOE: warm-up over; counts inside the graphs start from zero")
+
     # ---- run-time control (engine thread, between passes) ------------------------------
 
     def start(self, announce: bool = True) -> dict:
@@ -231,6 +257,8 @@ class RouteLogSession:
                 self._control("start")
             self._window_start = time.time()
             self._window_steps = self._window_tokens = self._window_prefill = 0
+            if self._in_graph:  # the layers counted every pass while stopped
+                self._counts.zero()
             self.recording = True
         return self.status()
 
