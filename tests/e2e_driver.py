@@ -8,7 +8,10 @@ SPEC: {"model": dir, "prompts": [...], "max_tokens": n, "eager": bool,
        "check_log_after_shutdown": bool (wait for the log to be complete right
        after the engine shut down, before this process exits),
        "settle_s": seconds to wait before shutting down (data parallel: let every
-       rank's engine leave its step loop first, as vLLM's DP example does)}
+       rank's engine leave its step loop first, as vLLM's DP example does),
+       "control_out": path (the offline controls of moe_route_log.control: stop,
+       generate the first two prompts unlogged, start, then the run; the merged
+       dump and status go to this JSON file)}
 The VLLM_LOG_MOE* variables come from the environment, as users set them.
 """
 
@@ -33,6 +36,13 @@ def main() -> None:
         **spec.get("llm", {}),
     )
     params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0, ignore_eos=True)
+    control_out = spec.get("control_out")
+    if control_out:
+        from vllm.model_executor.layers.fused_moe.moe_route_log import control
+
+        control.stop(llm)
+        llm.generate(spec["prompts"][:2], params, use_tqdm=False)  # stopped: not logged
+        control.start(llm)
     records = []
     for _ in range(spec.get("rounds", 1)):
         for out in llm.generate(spec["prompts"], params, use_tqdm=False):
@@ -44,6 +54,9 @@ def main() -> None:
                     "num_cached_tokens": out.num_cached_tokens or 0,
                 }
             )
+    if control_out:
+        with open(control_out, "w") as f:
+            json.dump({"dump": control.dump(llm), "status": control.status(llm)}, f)
     time.sleep(spec.get("settle_s", 0))
     llm.llm_engine.engine_core.shutdown()
     if spec.get("check_log_after_shutdown"):

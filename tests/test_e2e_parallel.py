@@ -49,11 +49,27 @@ def assert_prompts_route_like_transformers(tiny_model, records, logs) -> None:
     assert result.agreement >= 0.99, result.as_dict()
 
 
+def assert_dump_is_the_logged_routes(control_file, records, got, processes: int) -> None:
+    """The offline controls' merged dump == the route lines; the stopped warm-up left none
+    (assert_one_line_per_token_and_layer finds no line of other requests)."""
+    answer = json.loads(control_file.read_text())
+    dump, status = answer["dump"], answer["status"]
+    expected = [[0] * len(dump["logical_count"][0]) for _ in range(NUM_LAYERS)]
+    for route in got:
+        for expert in route.experts:
+            expected[route.layer][expert] += 1
+    assert dump["logical_count"] == expected
+    tokens = sum(len(r["prompt_token_ids"]) + len(r["token_ids"]) - 1 for r in records)
+    assert dump["tokens"] == tokens and dump["recording"] is True
+    assert len(status["processes"]) == processes and status["layers"] == ALL_LAYERS
+
+
 def test_tensor_parallel_2_writes_one_file_with_each_token_once(
     tiny_model, questions, tmp_path, patched
 ):
     log = tmp_path / "moe.jsonl"
     spec = {"model": str(tiny_model), "prompts": questions[:6], "max_tokens": 8}
+    spec["control_out"] = str(tmp_path / "control.json")
     spec["llm"] = {"tensor_parallel_size": 2}
     env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **TWO_CORES}
     records, proc = engine(tmp_path, spec, env)
@@ -65,6 +81,8 @@ def test_tensor_parallel_2_writes_one_file_with_each_token_once(
     assert logs[0].trailer is not None
     assert_one_line_per_token_and_layer(records, got, ALL_LAYERS)
     assert_prompts_route_like_transformers(tiny_model, records, logs)
+    # the controls reach the workers through collective_rpc: rank 0 answers, its peer None
+    assert_dump_is_the_logged_routes(tmp_path / "control.json", records, got, processes=1)
 
 
 def test_pipeline_parallel_2_each_stage_logs_its_own_layers(
@@ -73,6 +91,7 @@ def test_pipeline_parallel_2_each_stage_logs_its_own_layers(
     log = tmp_path / "moe.jsonl"
     spec = {"model": str(tiny_model), "prompts": questions[6:12], "max_tokens": 8, "eager": True}
     spec["llm"] = {"pipeline_parallel_size": 2}
+    spec["control_out"] = str(tmp_path / "control.json")
     env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **TWO_CORES}
     records, proc = engine(tmp_path, spec, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,6 +104,8 @@ def test_pipeline_parallel_2_each_stage_logs_its_own_layers(
     assert [log.header["ranks"]["pp"] for log in logs] == [0, 1]
     assert_one_line_per_token_and_layer(records, got, ALL_LAYERS)
     assert_prompts_route_like_transformers(tiny_model, records, logs)
+    # each stage answers for its own layers; the merge counts the tokens once
+    assert_dump_is_the_logged_routes(tmp_path / "control.json", records, got, processes=2)
 
 
 def free_port() -> int:
