@@ -3,7 +3,8 @@
 After each pass ``add`` folds the pass's real rows of the route buffer into two
 device accumulators (per logged layer and expert: tokens, weight sums) and, in
 routes mode, packs those rows and their token ids into one contiguous staging
-buffer, so the host gets them with a single copy. The engine thread pays for
+buffer (one of ``staging_slots``, which the caller hands out), so the host gets
+them with a single copy, made later by another thread. The engine thread pays for
 this in launches, so on CUDA it is one Triton kernel (checked against the torch
 path when the session starts; on any doubt the torch path is used, with a
 warning); elsewhere it is a few torch ops. No host sync, no per-step allocation.
@@ -60,22 +61,22 @@ class DeviceExpertCounts:
         self,
         buffers: RouteBuffers,
         num_experts: int,
-        staging: bool = False,
+        staging_slots: int = 0,
         end_of_pass: bool = True,
     ) -> None:
-        """``end_of_pass`` False: the layers count in the graph; ``add`` is never called."""
+        """``staging_slots``: device buffers for passes on their way to the host (routes
+        mode); ``end_of_pass`` False: the layers count in the graph, nothing calls ``add``."""
         layers, rows, top_k = buffers.expert_ids.shape
         device = buffers.routes.device
         self.shape = (layers, num_experts)
         self._buffers = buffers
         self._counts = torch.zeros(layers * num_experts, dtype=torch.int64, device=device)
         self._weight_sums = torch.zeros(layers * num_experts, dtype=torch.float32, device=device)
-        # [layers, rows, 2k] routes, then one token id per row: one copy to the host
-        self.staging = (
+        # each: [layers, rows, 2k] routes, then one token id per row: one copy to the host
+        self.staging = [
             torch.empty(layers * rows * 2 * top_k + rows, dtype=torch.int32, device=device)
-            if staging
-            else None
-        )
+            for _ in range(staging_slots)
+        ]
         cuda = device.type == "cuda"
         self._kernel = _fused_kernel() if cuda and end_of_pass else None
         if self._kernel is None and end_of_pass:  # the torch path's scratch
@@ -96,13 +97,15 @@ class DeviceExpertCounts:
         for i in range(SNAPSHOT_SLOTS):
             self._free.put(i)
 
-    def add(self, rows: int, input_ids: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Count the first ``rows`` rows (the pass's real tokens); with staging, also pack
-        them and ``input_ids[:rows]`` and return the staged ints (one copy to the host)."""
+    def add(
+        self, rows: int, input_ids: torch.Tensor | None = None, slot: int | None = None
+    ) -> torch.Tensor | None:
+        """Count the first ``rows`` rows (the pass's real tokens); given a staging ``slot``,
+        also pack them and ``input_ids[:rows]`` there and return those staged ints."""
         layers, _, top_k = self._buffers.expert_ids.shape
         staged = None
-        if self.staging is not None:
-            staged = self.staging[: layers * rows * 2 * top_k + rows]
+        if slot is not None:
+            staged = self.staging[slot][: layers * rows * 2 * top_k + rows]
         if rows == 0:
             return staged
         if self._kernel is not None:

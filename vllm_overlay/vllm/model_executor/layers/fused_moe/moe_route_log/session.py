@@ -2,11 +2,15 @@
 
 After each forward pass the model runner calls ``end_step`` (only while the
 recorder runs). It folds the pass into the device expert counts and, in routes
-mode, queues an asynchronous copy of the pass's real rows into a free host slot
-(pinned memory on CUDA) and returns. A drain thread waits for each copy, then
-hands the raw arrays to the writer process through a pipe. When every slot is in
+mode, packs the pass's real rows into a free device staging slot (one kernel
+launch: the engine thread's only CUDA call per pass), queues the slot and
+returns. A drain thread marks the engine's stream behind that launch, copies the
+slot into its pinned host slot on a side stream once the pass is done, and hands
+the raw arrays to the writer process through a pipe. When every slot is in
 flight the next ``end_step`` waits for one (back-pressure, counted in the
-trailer) rather than drop routes.
+trailer) rather than drop routes. Every CUDA call lets other threads take the
+GIL, which the engine thread then waits for (``bench/gil_probe.py``): so the
+copies and events are the drain thread's.
 
 In counts mode with in-graph counting (``in_graph``; ``graph_counts.py``) the
 logged layers have already counted the pass on the device: ``end_step`` only
@@ -52,16 +56,17 @@ MIN_HOST_SLOTS, MAX_HOST_SLOTS = 4, 32
 class _HostSlot:
     """Host memory for one pass: its staged ints (``counts.py``): routes, then token ids."""
 
-    def __init__(self, rows: int, num_layers: int, top_k: int, cuda: bool) -> None:
-        size = num_layers * rows * 2 * top_k + rows
+    def __init__(self, size: int, cuda: bool) -> None:
         self.data = torch.empty(size, dtype=torch.int32, pin_memory=cuda)
-        # blocking: the drain thread sleeps until the copy is done instead of spinning
+        # blocking: the drain thread sleeps until the pass / the copy is done, not spins
+        self.staged = torch.cuda.Event(blocking=True) if cuda else None
         self.copied = torch.cuda.Event(blocking=True) if cuda else None
 
 
 @dataclass
 class _Routes:
     slot: int
+    stream: torch.cuda.Stream | None  # the engine's, where the pass was staged
     step: int
     req_ids: list[str]
     tokens_per_req: np.ndarray
@@ -127,28 +132,29 @@ class RouteLogSession:
         self._interval_s = config.interval_s
         self._sample = config.sample
         self.buffers = RouteBuffers(rows, num_layers, top_k, device)
-        self._in_graph = in_graph and config.mode == "counts"
-        self._counts = DeviceExpertCounts(
-            self.buffers,
-            num_experts,
-            staging=config.mode == "routes",
-            end_of_pass=not self._in_graph,
-        )
-        self._num_experts = num_experts
+        if in_graph and config.mode != "counts":
+            raise ValueError("in-graph counting is for counts mode only")
+        self._in_graph = in_graph
         self._cuda = device.type == "cuda"
+        # the engine thread's device (``device`` may not name its index)
+        self._device_index = torch.cuda.current_device() if self._cuda else None
         self._shape = (num_layers, top_k)
+        slots = 0
+        if self.mode == "routes":
+            slot_bytes = rows * num_layers * top_k * 8
+            slots = min(MAX_HOST_SLOTS, max(MIN_HOST_SLOTS, HOST_SLOT_BUDGET // slot_bytes))
+        self._counts = DeviceExpertCounts(
+            self.buffers, num_experts, staging_slots=slots, end_of_pass=not in_graph
+        )
+        self._slots = [_HostSlot(len(staging), self._cuda) for staging in self._counts.staging]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(slots):
+            self._free.put(i)
+        self._copy_stream = torch.cuda.Stream(self._device_index) if self._cuda and slots else None
         self._writer = WriterProcess(
             config.path, config.buffer_bytes, config.max_bytes, config.keep
         )
         self._writer.send(wire.json_frame(wire.HEADER, {**meta, "writer_pid": self._writer.pid}))
-        self._slots: list[_HostSlot] = []
-        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        if self.mode == "routes":
-            slot_bytes = rows * num_layers * top_k * 8
-            count = min(MAX_HOST_SLOTS, max(MIN_HOST_SLOTS, HOST_SLOT_BUDGET // slot_bytes))
-            self._slots = [_HostSlot(rows, num_layers, top_k, self._cuda) for _ in range(count)]
-            for i in range(count):
-                self._free.put(i)
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._broken = False
         self._closed = False
@@ -191,32 +197,33 @@ class RouteLogSession:
         if not self.recording or self._closed:
             return
         rows = len(positions)
-        staged = None if self._in_graph else self._counts.add(rows, input_ids)
         self.steps += 1
+        if self._slots and not self._broken:
+            index = self._free_slot()
+            self._counts.add(rows, input_ids, slot=index)
+            stream = torch.cuda.current_stream() if self._cuda else None
+            self._pending.put(
+                _Routes(index, stream, self.steps, req_ids, tokens_per_req, prompt_lens, positions)
+            )
+        elif not self._in_graph:
+            self._counts.add(rows)
         self._window_steps += 1
         self._window_tokens += rows
         self._window_prefill += _prefill_tokens(tokens_per_req, prompt_lens, positions)
-        if self._slots and not self._broken:
-            self._queue_routes(req_ids, tokens_per_req, prompt_lens, positions, staged)
         self._window_last = time.time()
         if self._window_last - self._window_start >= self._interval_s:
             self._cut_window()
 
-    def _queue_routes(self, req_ids, tokens_per_req, prompt_lens, positions, staged) -> None:
+    def _free_slot(self) -> int:
+        """A free staging slot; waits (and counts the wait) while every slot is in flight."""
         try:
-            index = self._free.get_nowait()
+            return self._free.get_nowait()
         except queue.Empty:
             started = time.perf_counter()
             index = self._free.get()
             self.wait_s += time.perf_counter() - started
             self.waits += 1
-        slot = self._slots[index]
-        slot.data[: len(staged)].copy_(staged, non_blocking=True)  # one copy
-        if slot.copied is not None:
-            slot.copied.record()
-        self._pending.put(
-            _Routes(index, self.steps, req_ids, tokens_per_req, prompt_lens, positions)
-        )
+            return index
 
     def _cut_window(self) -> None:
         """Close the open window (its end: its last pass), on the engine's stream."""
@@ -238,7 +245,7 @@ class RouteLogSession:
         """What the logged layers count with when ``in_graph``: the device accumulators,
         and ``n_real_source``, whose last element holds each pass's real token count."""
         counts, weight_sums = self._counts.accumulators
-        return InGraphCounts(counts, weight_sums, self._num_experts, n_real_source)
+        return InGraphCounts(counts, weight_sums, self._counts.shape[1], n_real_source)
 
     def warm_up_done(self) -> None:
         """The engine's dummy passes (profile, warm-up, graph capture) are over:
@@ -348,6 +355,8 @@ class RouteLogSession:
     # ---- the drain thread ----------------------------------------------------------------
 
     def _drain_loop(self) -> None:
+        if self._cuda:  # this thread's copies and events belong to the engine's device
+            torch.cuda.set_device(self._device_index)
         try:
             self._drain_items()
         finally:
@@ -367,15 +376,26 @@ class RouteLogSession:
             elif not self._broken:
                 self._send(item)  # a ready frame
 
-    def _drain_routes(self, item: _Routes) -> None:
-        slot = self._slots[item.slot]
-        if slot.copied is not None:
+    def _fetch(self, item: _Routes, size: int) -> np.ndarray:
+        """The first ``size`` staged ints of ``item``'s pass, on the host."""
+        slot, staged = self._slots[item.slot], self._counts.staging[item.slot][:size]
+        if self._copy_stream is None:
+            slot.data[:size].copy_(staged)
+        else:
+            slot.staged.record(item.stream)  # behind the staging launch, queued before item
+            self._copy_stream.wait_event(slot.staged)
+            with torch.cuda.stream(self._copy_stream):
+                slot.data[:size].copy_(staged, non_blocking=True)
+            slot.copied.record(self._copy_stream)
             slot.copied.synchronize()
+        return slot.data.numpy()
+
+    def _drain_routes(self, item: _Routes) -> None:
         rows = len(item.positions)
         if not self._broken:
             layers, top_k = self._shape
             packed = layers * rows * 2 * top_k
-            data = slot.data.numpy()
+            data = self._fetch(item, packed + rows)
             frame = wire.routes_frame(
                 item.step,
                 item.req_ids,
