@@ -37,6 +37,11 @@ CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 CONFIGS = {
     "off": {},
     "counts": {"VLLM_LOG_MOE_LAYER": "all", "VLLM_LOG_MOE_MODE": "counts"},
+    "counts_graph": {
+        "VLLM_LOG_MOE_LAYER": "all",
+        "VLLM_LOG_MOE_MODE": "counts",
+        "VLLM_LOG_MOE_COUNTS_IN_GRAPH": "1",
+    },
     "stopped": {"VLLM_LOG_MOE_LAYER": "all", "VLLM_LOG_MOE_START": "off"},
     "routes": {"VLLM_LOG_MOE_LAYER": "all"},
 }
