@@ -7,12 +7,14 @@ the way the recorder does, then calls ``end_step`` like the model runner.
 
 import json
 import time
+import types
 
 import numpy as np
 import pytest
 import torch
 from moe_route_log import control
 from moe_route_log.envs import read_config
+from moe_route_log.recorder import LayerRecorder
 from moe_route_log.session import RouteLogSession, _prefill_tokens
 
 from moe_profiler import routes
@@ -177,6 +179,63 @@ def test_in_graph_counts_windows_dump_and_stop_start(tmp_path):
     windows = [r for r in lines if r["type"] == "counts"]
     assert [w["counts"] for w in windows] == [bincount(first), bincount(second)]
     assert [w["steps"] for w in windows] == [2, 1] and lines[-1]["steps"] == 3
+
+
+def test_in_graph_counts_leave_passes_outside_graphs_to_the_end_of_pass_kernel(
+    tmp_path, monkeypatch
+):
+    """On CUDA a pass no graph runs (vLLM runs large passes eagerly) must not pay one
+    count launch per layer: its layers store their routes and end_step counts them;
+    passes inside graphs count in the layers. Each pass is counted once, either way."""
+    s = make_session(
+        tmp_path, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1", in_graph=True
+    )
+    source = torch.zeros(5, dtype=torch.int32)
+    counter = s.in_graph_counter(source)
+    counter.defer_outside_graphs = True  # as on CUDA
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    layer = types.SimpleNamespace()
+    recorders = [LayerRecorder(layer, s.buffers, i, 0, 1.0, counter) for i in range(len(LAYERS))]
+    rng = np.random.default_rng(5)
+
+    def eager_pass(reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12)), end_step=True):
+        rows = sum(r[1] for r in reqs)
+        source[-1] = rows
+        ids = np.stack([rng.permutation(EXPERTS)[:TOP_K] for _ in range(rows * len(LAYERS))])
+        ids = ids.reshape(rows, len(LAYERS), TOP_K)
+        for slot, recorder in enumerate(recorders):
+            topk_ids = torch.from_numpy(ids[:, slot]).int()
+            recorder.record(None, None, torch.full((rows, TOP_K), 0.25), topk_ids)
+        if end_step:
+            s.end_step(
+                [r[0] for r in reqs],
+                np.array([r[1] for r in reqs]),
+                np.array([r[3] for r in reqs]),
+                np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs]),
+                torch.arange(ROWS, dtype=torch.int32),
+            )
+        return ids
+
+    capturing[0] = True  # graph capture of the warm-up: counted in the layers, then forgotten
+    eager_pass(end_step=False)
+    capturing[0] = False
+    eager_pass(end_step=False)  # an eager dummy pass of the warm-up: forgotten too
+    s.warm_up_done()
+    graph = in_graph_pass(s, counter, source, rng)  # a graph replays: counted inside
+    eager = eager_pass()  # outside the graphs: stored, counted at the end of the pass
+    stored = s.buffers.expert_ids[:, : len(eager)].transpose(0, 1).numpy()
+    assert (stored == eager).all(), "the layers stored the eager pass instead of counting it"
+    graph_again = in_graph_pass(s, counter, source, rng)
+    dump = s.dump()
+    assert dump["counts"] == bincount(np.concatenate([graph, eager, graph_again]))
+    assert dump["tokens"] == 18 and dump["weight_sums"] == (np.array(dump["counts"]) / 4).tolist()
+    s.stop()
+    eager_pass()  # stopped: stored, not counted; start forgets it
+    s.start()
+    graph = in_graph_pass(s, counter, source, rng)
+    assert s.dump()["counts"] == bincount(graph)
+    s.close()
 
 
 def test_merged_answers_are_sglang_logical_counts(tmp_path):

@@ -13,9 +13,10 @@ warning); elsewhere it is a few torch ops. No host sync, no per-step allocation.
 records an event: a window is cut in stream order, exactly between two passes,
 and the host reads it once the event has completed.
 
-In counts mode with in-graph counting (``graph_counts.py``) nothing calls ``add``:
-the logged layers add to ``accumulators`` during the pass, and ``zero`` clears
-what passes counted while nothing was recorded (warm-up, a stopped recorder).
+In counts mode with in-graph counting (``graph_counts.py``) the logged layers add
+to ``accumulators`` during the pass (``add`` counts only passes that ran outside
+a CUDA graph), and ``zero`` clears what passes counted while nothing was recorded
+(warm-up, a stopped recorder).
 """
 
 from __future__ import annotations
@@ -62,10 +63,9 @@ class DeviceExpertCounts:
         buffers: RouteBuffers,
         num_experts: int,
         staging_slots: int = 0,
-        end_of_pass: bool = True,
     ) -> None:
         """``staging_slots``: device buffers for passes on their way to the host (routes
-        mode); ``end_of_pass`` False: the layers count in the graph, nothing calls ``add``."""
+        mode)."""
         layers, rows, top_k = buffers.expert_ids.shape
         device = buffers.routes.device
         self.shape = (layers, num_experts)
@@ -78,8 +78,8 @@ class DeviceExpertCounts:
             for _ in range(staging_slots)
         ]
         cuda = device.type == "cuda"
-        self._kernel = _fused_kernel() if cuda and end_of_pass else None
-        if self._kernel is None and end_of_pass:  # the torch path's scratch
+        self._kernel = _fused_kernel() if cuda else None
+        if self._kernel is None:  # the torch path's scratch
             offsets = torch.arange(layers, dtype=torch.int64, device=device) * num_experts
             self._offsets = offsets.view(layers, 1, 1)
             self._index = torch.empty(layers * rows * top_k, dtype=torch.int64, device=device)

@@ -100,7 +100,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "the device, so the engine thread launches nothing after a pass; the header's "
         "`counts_path` says which path counted (`in_graph` or `end_of_pass`). Only with one "
         "data-parallel rank (with more, and in routes mode, the end-of-pass kernel counts, "
-        "with a warning). Opt-in: checked on the CPU build, not yet measured on a GPU.",
+        "with a warning). Passes that run outside the CUDA graphs (more tokens than the largest "
+        "captured size) are counted by the end-of-pass kernel instead. Opt-in: on one H200 it "
+        "took the engine thread from 225 to 90 us a pass offline (README, Overhead).",
     ),
 }
 

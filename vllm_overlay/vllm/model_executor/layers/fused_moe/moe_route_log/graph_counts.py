@@ -11,7 +11,14 @@ thread launches nothing after a pass.
 
 On CUDA one Triton launch per layer (``graph_kernel.py``, once it agrees with
 the torch path here); elsewhere, and as the fallback, a few torch ops with a
-mask built from that device scalar: static shapes, no host sync. Under
+mask built from that device scalar: static shapes, no host sync.
+
+A CUDA pass that runs outside any graph (more tokens than the largest captured
+size: vLLM then runs the layers eagerly) would pay that launch from Python at
+every layer, each a release of the GIL (~40 us of Triton launch, ~100 us under
+load). There the layers store their routes as in end-of-pass counting (one cheap
+copy each) and ``take_uncounted`` tells the session to count the pass with the
+end-of-pass kernel: graphs count inside, eager passes at their end. Under
 torch.compile without a custom-op boundary around the MoE layer (the CPU
 build) the count goes through the registered op ``vllm.moe_route_count``, which
 declares that it writes the accumulators, so Dynamo keeps it in the graph.
@@ -102,8 +109,31 @@ class InGraphCounts:
         self.num_experts = num_experts
         self.n_real_source = n_real_source
         self.n_real_index = n_real_source.shape[0] - 1
+        # CUDA passes outside a graph: stored, counted after the pass (see above)
+        self.defer_outside_graphs = counts.is_cuda
+        self._uncounted = False
         if counts.is_cuda:
             use_kernel()
+
+    def count_or_defer(
+        self, topk_ids: torch.Tensor, topk_weights: torch.Tensor, slot: int, row_offset: int
+    ) -> bool:
+        """Count the layer here (True), or leave a CUDA pass that runs outside any graph
+        to the end-of-pass kernel (False: the caller stores its routes instead)."""
+        if (
+            self.defer_outside_graphs
+            and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing()
+        ):
+            self._uncounted = True
+            return False
+        self.count(topk_ids, topk_weights, slot, row_offset)
+        return True
+
+    def take_uncounted(self) -> bool:
+        """Did a pass leave its routes to the end-of-pass kernel since the last call?"""
+        uncounted, self._uncounted = self._uncounted, False
+        return uncounted
 
     def count(
         self, topk_ids: torch.Tensor, topk_weights: torch.Tensor, slot: int, row_offset: int

@@ -112,7 +112,8 @@ class LayerRecorder:
         # With EPLB, select_experts returns physical (replica) ids: route again,
         # purely, to log the model's own (logical) expert ids.
         self.reroute = bool(getattr(layer, "enable_eplb", False))
-        # counts mode in the graph: count here; nothing goes to the route buffer
+        # counts mode in the graph: count here; the route buffer only for passes that
+        # run outside a graph (graph_counts.py)
         self.counter = counter
 
     def record(
@@ -129,8 +130,10 @@ class LayerRecorder:
             topk_weights, topk_ids = self._route(hidden_states, router_logits)
         if self.weight_scale != 1.0:
             topk_weights = topk_weights * self.weight_scale
-        if self.counter is not None:  # one data-parallel rank: never gathered
-            self.counter.count(topk_ids, topk_weights, self.slot, row_offset)
+        # one data-parallel rank: never gathered
+        if self.counter is not None and self.counter.count_or_defer(
+            topk_ids, topk_weights, self.slot, row_offset
+        ):
             return
         args = (
             topk_ids,

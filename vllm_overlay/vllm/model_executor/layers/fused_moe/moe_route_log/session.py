@@ -5,16 +5,18 @@ recorder runs). It folds the pass into the device expert counts and, in routes
 mode, packs the pass's real rows into a free device staging slot (one kernel
 launch: the engine thread's only CUDA call per pass), queues the slot and
 returns. A drain thread marks the engine's stream behind that launch, copies the
-slot into its pinned host slot on a side stream once the pass is done, and hands
-the raw arrays to the writer process through a pipe. When every slot is in
+slot into its pinned host slot on a side stream once the pass is done (copies of
+passes queued meanwhile start before it encodes), and hands the raw arrays to the
+writer process through a pipe. When every slot is in
 flight the next ``end_step`` waits for one (back-pressure, counted in the
 trailer) rather than drop routes. Every CUDA call lets other threads take the
 GIL, which the engine thread then waits for (``bench/gil_probe.py``): so the
 copies and events are the drain thread's.
 
 In counts mode with in-graph counting (``in_graph``; ``graph_counts.py``) the
-logged layers have already counted the pass on the device: ``end_step`` only
-keeps the host's account (passes, tokens, prefill tokens, the window clock).
+logged layers have already counted a pass that a CUDA graph ran: ``end_step``
+only keeps the host's account (passes, tokens, prefill tokens, the window
+clock); a pass that ran outside the graphs, it counts with the end-of-pass kernel.
 Those layers count every pass, also while nothing is recorded, so ``start`` and
 ``warm_up_done`` zero the accumulators (in stream order, before the next pass).
 
@@ -29,6 +31,7 @@ They run on the engine's own thread between passes, like ``end_step``.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -143,9 +146,8 @@ class RouteLogSession:
         if self.mode == "routes":
             slot_bytes = rows * num_layers * top_k * 8
             slots = min(MAX_HOST_SLOTS, max(MIN_HOST_SLOTS, HOST_SLOT_BUDGET // slot_bytes))
-        self._counts = DeviceExpertCounts(
-            self.buffers, num_experts, staging_slots=slots, end_of_pass=not in_graph
-        )
+        self._counts = DeviceExpertCounts(self.buffers, num_experts, staging_slots=slots)
+        self._counter: InGraphCounts | None = None  # in_graph: the layers' counter
         self._slots = [_HostSlot(len(staging), self._cuda) for staging in self._counts.staging]
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(slots):
@@ -205,8 +207,8 @@ class RouteLogSession:
             self._pending.put(
                 _Routes(index, stream, self.steps, req_ids, tokens_per_req, prompt_lens, positions)
             )
-        elif not self._in_graph:
-            self._counts.add(rows)
+        elif not self._in_graph or (self._counter and self._counter.take_uncounted()):
+            self._counts.add(rows)  # graphs counted in-graph passes; the rest count here
         self._window_steps += 1
         self._window_tokens += rows
         self._window_prefill += _prefill_tokens(tokens_per_req, prompt_lens, positions)
@@ -245,14 +247,21 @@ class RouteLogSession:
         """What the logged layers count with when ``in_graph``: the device accumulators,
         and ``n_real_source``, whose last element holds each pass's real token count."""
         counts, weight_sums = self._counts.accumulators
-        return InGraphCounts(counts, weight_sums, self._counts.shape[1], n_real_source)
+        self._counter = InGraphCounts(counts, weight_sums, self._counts.shape[1], n_real_source)
+        return self._counter
 
     def warm_up_done(self) -> None:
         """The engine's dummy passes (profile, warm-up, graph capture) are over:
         forget what they counted in the graph."""
         if self._in_graph:
-            self._counts.zero()
+            self._forget_uncounted()
             logger.info("VLLM_LOG_MOE: warm-up over; counts inside the graphs start from zero")
+
+    def _forget_uncounted(self) -> None:
+        """Zero the in-graph counts, and forget a pass left to the end-of-pass kernel."""
+        self._counts.zero()
+        if self._counter is not None:
+            self._counter.take_uncounted()
 
     # ---- run-time control (engine thread, between passes) ------------------------------
 
@@ -265,7 +274,7 @@ class RouteLogSession:
             self._window_start = time.time()
             self._window_steps = self._window_tokens = self._window_prefill = 0
             if self._in_graph:  # the layers counted every pass while stopped
-                self._counts.zero()
+                self._forget_uncounted()
             self.recording = True
         return self.status()
 
@@ -363,10 +372,28 @@ class RouteLogSession:
             self.drain_cpu_s = time.thread_time()
 
     def _drain_items(self) -> None:
-        while (item := self._pending.get()) is not None:
+        """Handle queued items in order. A pass's copy starts as soon as its item arrives;
+        its wait and encoding come once nothing newer is queued (or before any other item),
+        so a copy never waits behind the previous pass's encoding."""
+        copying: collections.deque[_Routes] = collections.deque()
+        while True:
+            if copying:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    self._drain_routes(copying.popleft())
+                    continue
+            else:
+                item = self._pending.get()
             if isinstance(item, _Routes):
-                self._drain_routes(item)
-            elif isinstance(item, _Window):
+                self._start_copy(item)
+                copying.append(item)
+                continue
+            while copying:
+                self._drain_routes(copying.popleft())
+            if item is None:
+                return
+            if isinstance(item, _Window):
                 self._drain_window(item)
             elif isinstance(item, threading.Event):
                 item.set()
@@ -376,33 +403,41 @@ class RouteLogSession:
             elif not self._broken:
                 self._send(item)  # a ready frame
 
-    def _fetch(self, item: _Routes, size: int) -> np.ndarray:
-        """The first ``size`` staged ints of ``item``'s pass, on the host."""
-        slot, staged = self._slots[item.slot], self._counts.staging[item.slot][:size]
+    def _size(self, item: _Routes) -> tuple[int, int]:
+        """How many staged ints ``item``'s pass has: its routes, then all with token ids."""
+        layers, top_k = self._shape
+        packed = layers * len(item.positions) * 2 * top_k
+        return packed, packed + len(item.positions)
+
+    def _start_copy(self, item: _Routes) -> None:
+        """Start copying ``item``'s staged pass into its host slot."""
+        slot, size = self._slots[item.slot], self._size(item)[1]
+        staged = self._counts.staging[item.slot][:size]
         if self._copy_stream is None:
             slot.data[:size].copy_(staged)
-        else:
-            slot.staged.record(item.stream)  # behind the staging launch, queued before item
-            self._copy_stream.wait_event(slot.staged)
-            with torch.cuda.stream(self._copy_stream):
-                slot.data[:size].copy_(staged, non_blocking=True)
-            slot.copied.record(self._copy_stream)
-            slot.copied.synchronize()
-        return slot.data.numpy()
+            return
+        slot.staged.record(item.stream)  # behind the staging launch, queued before item
+        self._copy_stream.wait_event(slot.staged)
+        with torch.cuda.stream(self._copy_stream):
+            slot.data[:size].copy_(staged, non_blocking=True)
+        slot.copied.record(self._copy_stream)
 
     def _drain_routes(self, item: _Routes) -> None:
-        rows = len(item.positions)
+        """Wait for ``item``'s copy, send its routes to the writer, free its slot."""
+        slot = self._slots[item.slot]
+        if slot.copied is not None:
+            slot.copied.synchronize()
         if not self._broken:
             layers, top_k = self._shape
-            packed = layers * rows * 2 * top_k
-            data = self._fetch(item, packed + rows)
+            rows, (packed, size) = len(item.positions), self._size(item)
+            data = slot.data.numpy()
             frame = wire.routes_frame(
                 item.step,
                 item.req_ids,
                 item.tokens_per_req,
                 item.prompt_lens,
                 item.positions,
-                data[packed : packed + rows],
+                data[packed:size],
                 data[:packed],
                 (rows, layers, top_k),
             )
