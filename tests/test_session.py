@@ -147,6 +147,12 @@ def in_graph_pass(
         )
     if dummy:
         return ids[:rows]
+    runner_end_step(session, reqs)
+    return ids[:rows]
+
+
+def runner_end_step(session, reqs) -> None:
+    """What the model runner hands ``end_step`` after a pass of ``reqs``."""
     session.end_step(
         [r[0] for r in reqs],
         np.array([r[1] for r in reqs]),
@@ -154,7 +160,6 @@ def in_graph_pass(
         np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs]),
         torch.arange(ROWS, dtype=torch.int32),
     )
-    return ids[:rows]
 
 
 def test_in_graph_counts_windows_dump_and_stop_start(tmp_path):
@@ -208,13 +213,7 @@ def test_in_graph_counts_leave_passes_outside_graphs_to_the_end_of_pass_kernel(
             topk_ids = torch.from_numpy(ids[:, slot]).int()
             recorder.record(None, None, torch.full((rows, TOP_K), 0.25), topk_ids)
         if end_step:
-            s.end_step(
-                [r[0] for r in reqs],
-                np.array([r[1] for r in reqs]),
-                np.array([r[3] for r in reqs]),
-                np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs]),
-                torch.arange(ROWS, dtype=torch.int32),
-            )
+            runner_end_step(s, reqs)
         return ids
 
     capturing[0] = True  # graph capture of the warm-up: counted in the layers, then forgotten
