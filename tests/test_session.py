@@ -265,3 +265,6 @@ def test_prefill_tokens_of_a_pass():
         == 2 + 0 + 3
     )
     assert _prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
+    # requests without rows this pass (first, middle, last) count nothing
+    tokens, prompts = np.array([0, 2, 0, 1, 0]), np.array([9, 5, 9, 3, 9])
+    assert _prefill_tokens(tokens, prompts, np.array([3, 4, 8])) == 2 + 0

@@ -512,8 +512,12 @@ class RouteLogSession:
 def _prefill_tokens(
     tokens_per_req: np.ndarray, prompt_lens: np.ndarray, positions: np.ndarray
 ) -> int:
-    """How many of the pass's rows are prompt tokens (position < the prompt's length)."""
+    """How many of the pass's rows are prompt tokens (position < the prompt's length).
+
+    Runs on the engine thread after every pass: few numpy calls, no masks (a request
+    with no rows gets some other row's position, and min(..., 0) makes it count 0)."""
+    if not len(positions):
+        return 0
     starts = np.cumsum(tokens_per_req) - tokens_per_req
-    some = tokens_per_req > 0
-    first = positions[starts[some]]
-    return int(np.clip(prompt_lens[some] - first, 0, tokens_per_req[some]).sum())
+    first = positions[np.minimum(starts, len(positions) - 1)]
+    return int(np.minimum(np.maximum(prompt_lens - first, 0), tokens_per_req).sum())
