@@ -22,7 +22,7 @@ from moe_profiler import routes
 LAYERS, EXPERTS, TOP_K, ROWS = [3, 5], 8, 2, 32
 
 
-def make_session(tmp_path, in_graph=False, **env) -> RouteLogSession:
+def make_session(tmp_path, n_real_source=None, **env) -> RouteLogSession:
     config = read_config({"VLLM_LOG_MOE": str(tmp_path / "log.jsonl"), **env})
     meta = {
         "layers": LAYERS,
@@ -36,7 +36,7 @@ def make_session(tmp_path, in_graph=False, **env) -> RouteLogSession:
         "sample": config.sample,
     }
     return RouteLogSession(
-        config, meta, ROWS, len(LAYERS), TOP_K, EXPERTS, torch.device("cpu"), in_graph
+        config, meta, ROWS, len(LAYERS), TOP_K, EXPERTS, torch.device("cpu"), n_real_source
     )
 
 
@@ -163,11 +163,9 @@ def runner_end_step(session, reqs) -> None:
 
 
 def test_in_graph_counts_windows_dump_and_stop_start(tmp_path):
-    s = make_session(
-        tmp_path, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1", in_graph=True
-    )
     source = torch.zeros(5, dtype=torch.int32)
-    counter = s.in_graph_counter(source)
+    s = make_session(tmp_path, source, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1")
+    counter = s.counter
     rng = np.random.default_rng(4)
     in_graph_pass(s, counter, source, rng, dummy=True)  # warm-up: forgotten
     s.warm_up_done()
@@ -192,11 +190,9 @@ def test_in_graph_counts_leave_passes_outside_graphs_to_the_end_of_pass_kernel(
     """On CUDA a pass no graph runs (vLLM runs large passes eagerly) must not pay one
     count launch per layer: its layers store their routes and end_step counts them;
     passes inside graphs count in the layers. Each pass is counted once, either way."""
-    s = make_session(
-        tmp_path, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1", in_graph=True
-    )
     source = torch.zeros(5, dtype=torch.int32)
-    counter = s.in_graph_counter(source)
+    s = make_session(tmp_path, source, VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1")
+    counter = s.counter
     counter.defer_outside_graphs = True  # as on CUDA
     capturing = [False]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])

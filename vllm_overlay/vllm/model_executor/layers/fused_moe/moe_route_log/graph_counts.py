@@ -11,17 +11,17 @@ thread launches nothing after a pass.
 
 On CUDA one Triton launch per layer (``graph_kernel.py``, once it agrees with
 the torch path here); elsewhere, and as the fallback, a few torch ops with a
-mask built from that device scalar: static shapes, no host sync.
+mask built from that device scalar: static shapes, no host sync. Under
+torch.compile without a custom-op boundary around the MoE layer (the CPU
+build) the count goes through the registered op ``vllm.moe_route_count``, which
+declares that it writes the accumulators, so Dynamo keeps it in the graph.
 
 A CUDA pass that runs outside any graph (more tokens than the largest captured
 size: vLLM then runs the layers eagerly) would pay that launch from Python at
 every layer, each a release of the GIL (~40 us of Triton launch, ~100 us under
 load). There the layers store their routes as in end-of-pass counting (one cheap
 copy each) and ``take_uncounted`` tells the session to count the pass with the
-end-of-pass kernel: graphs count inside, eager passes at their end. Under
-torch.compile without a custom-op boundary around the MoE layer (the CPU
-build) the count goes through the registered op ``vllm.moe_route_count``, which
-declares that it writes the accumulators, so Dynamo keeps it in the graph.
+end-of-pass kernel: graphs count inside, eager passes at their end.
 """
 
 from __future__ import annotations

@@ -150,14 +150,13 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
         top_k=first_layer.top_k,
         num_experts=first_layer.logical_num_experts,
         device=vllm_config.device_config.device,
-        in_graph=counts_path == IN_GRAPH,
+        n_real_source=n_real_source,
     )
-    counter = session.in_graph_counter(n_real_source) if counts_path == IN_GRAPH else None
     for slot, layer_id in enumerate(layers):
         layer = moe_layers[layer_id]
         scale = routing.weight_scale(layer, blocks.get(id(layer)))
         layer.moe_route_recorder = LayerRecorder(
-            layer, session.buffers, slot, dp_rank, scale, counter
+            layer, session.buffers, slot, dp_rank, scale, session.counter
         )
     _register_compile_factor(layers, counts_path)
     atexit.register(session.close)

@@ -13,7 +13,7 @@ trailer) rather than drop routes. Every CUDA call lets other threads take the
 GIL, which the engine thread then waits for (``bench/gil_probe.py``): so the
 copies and events are the drain thread's.
 
-In counts mode with in-graph counting (``in_graph``; ``graph_counts.py``) the
+In counts mode with in-graph counting (``counter``; ``graph_counts.py``) the
 logged layers have already counted a pass that a CUDA graph ran: ``end_step``
 only keeps the host's account (passes, tokens, prefill tokens, the window
 clock); a pass that ran outside the graphs, it counts with the end-of-pass kernel.
@@ -122,8 +122,10 @@ class RouteLogSession:
         top_k: int,
         num_experts: int,
         device: torch.device,
-        in_graph: bool = False,
+        n_real_source: torch.Tensor | None = None,
     ) -> None:
+        """``n_real_source`` (counts mode): count inside the forward pass; the device
+        tensor whose last element is each pass's real token count (``graph_counts.py``)."""
         self.path = config.path
         self.mode = config.mode
         self.layers: list[int] = meta["layers"]
@@ -135,9 +137,6 @@ class RouteLogSession:
         self._interval_s = config.interval_s
         self._sample = config.sample
         self.buffers = RouteBuffers(rows, num_layers, top_k, device)
-        if in_graph and config.mode != "counts":
-            raise ValueError("in-graph counting is for counts mode only")
-        self._in_graph = in_graph
         self._cuda = device.type == "cuda"
         # the engine thread's device (``device`` may not name its index)
         self._device_index = torch.cuda.current_device() if self._cuda else None
@@ -147,7 +146,13 @@ class RouteLogSession:
             slot_bytes = rows * num_layers * top_k * 8
             slots = min(MAX_HOST_SLOTS, max(MIN_HOST_SLOTS, HOST_SLOT_BUDGET // slot_bytes))
         self._counts = DeviceExpertCounts(self.buffers, num_experts, staging_slots=slots)
-        self._counter: InGraphCounts | None = None  # in_graph: the layers' counter
+        # what the logged layers count with, when they count in the graph
+        self.counter: InGraphCounts | None = None
+        if n_real_source is not None:
+            if config.mode != "counts":
+                raise ValueError("in-graph counting is for counts mode only")
+            counts, weight_sums = self._counts.accumulators
+            self.counter = InGraphCounts(counts, weight_sums, num_experts, n_real_source)
         self._slots = [_HostSlot(len(staging), self._cuda) for staging in self._counts.staging]
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(slots):
@@ -207,7 +212,7 @@ class RouteLogSession:
             self._pending.put(
                 _Routes(index, stream, self.steps, req_ids, tokens_per_req, prompt_lens, positions)
             )
-        elif not self._in_graph or (self._counter and self._counter.take_uncounted()):
+        elif self.counter is None or self.counter.take_uncounted():
             self._counts.add(rows)  # graphs counted in-graph passes; the rest count here
         self._window_steps += 1
         self._window_tokens += rows
@@ -243,25 +248,17 @@ class RouteLogSession:
         self._window_start = now
         self._window_steps = self._window_tokens = self._window_prefill = 0
 
-    def in_graph_counter(self, n_real_source: torch.Tensor) -> InGraphCounts:
-        """What the logged layers count with when ``in_graph``: the device accumulators,
-        and ``n_real_source``, whose last element holds each pass's real token count."""
-        counts, weight_sums = self._counts.accumulators
-        self._counter = InGraphCounts(counts, weight_sums, self._counts.shape[1], n_real_source)
-        return self._counter
-
     def warm_up_done(self) -> None:
         """The engine's dummy passes (profile, warm-up, graph capture) are over:
         forget what they counted in the graph."""
-        if self._in_graph:
+        if self.counter is not None:
             self._forget_uncounted()
             logger.info("VLLM_LOG_MOE: warm-up over; counts inside the graphs start from zero")
 
     def _forget_uncounted(self) -> None:
         """Zero the in-graph counts, and forget a pass left to the end-of-pass kernel."""
         self._counts.zero()
-        if self._counter is not None:
-            self._counter.take_uncounted()
+        self.counter.take_uncounted()
 
     # ---- run-time control (engine thread, between passes) ------------------------------
 
@@ -273,7 +270,7 @@ class RouteLogSession:
                 self._control("start")
             self._window_start = time.time()
             self._window_steps = self._window_tokens = self._window_prefill = 0
-            if self._in_graph:  # the layers counted every pass while stopped
+            if self.counter is not None:  # the layers counted every pass while stopped
                 self._forget_uncounted()
             self.recording = True
         return self.status()
