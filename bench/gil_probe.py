@@ -27,7 +27,7 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OVERLAY = REPO / "vllm_overlay/vllm/model_executor/layers/fused_moe"
+OVERLAY = REPO  # holds the moe_route_log package
 COUNTS = "vllm.model_executor.layers.fused_moe.moe_route_log.counts"
 
 # Put on PYTHONPATH of the engine: replaces DeviceExpertCounts.add once its module exists.
@@ -95,6 +95,7 @@ def alone(work: Path, passes: int = 3000) -> dict:
     os.environ.update(VLLM_LOG_MOE=str(work / "alone.jsonl"), VLLM_LOG_MOE_MODE="counts")
     import numpy as np
     import torch
+
     from moe_route_log import hooks
     from moe_route_log.envs import read_config
     from moe_route_log.session import RouteLogSession

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO / "vllm_overlay/vllm/model_executor/layers/fused_moe"))
+sys.path.append(str(REPO))
 
 from moe_route_log import log_format  # noqa: E402
 

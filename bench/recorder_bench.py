@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO / "vllm_overlay/vllm/model_executor/layers/fused_moe"))
+sys.path.append(str(REPO))
 
 SHAPES = {  # name: (layers, experts, top_k)
     "qwen1.5-moe": (24, 60, 4),
@@ -59,6 +59,7 @@ def graph_ms(fn, replays: int) -> float:
 
 def in_graph(layers: int, experts: int, top_k: int, rows: int, replays: int) -> dict:
     import torch
+
     from moe_route_log.recorder import RouteBuffers, store_routes
 
     logits = torch.randn(layers, rows, experts, device="cuda")
@@ -101,6 +102,7 @@ def in_graph(layers: int, experts: int, top_k: int, rows: int, replays: int) -> 
 def end_step(layers: int, experts: int, top_k: int, rows: int, calls: int) -> dict:
     """Host and device time per pass of end_step's device work (counts.py), both modes."""
     import torch
+
     from moe_route_log import counts
     from moe_route_log.counts import DeviceExpertCounts
     from moe_route_log.recorder import RouteBuffers

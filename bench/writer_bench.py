@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 import sys  # noqa: E402
 
-sys.path.append(str(REPO / "vllm_overlay/vllm/model_executor/layers/fused_moe"))
+sys.path.append(str(REPO))
 
 from moe_route_log import wire  # noqa: E402
 from moe_route_log.writer import WriterProcess  # noqa: E402

@@ -1,6 +1,7 @@
 """Make, apply, check and revert the route-logger change to vLLM 0.15.1.
 
-The change is (1) the new package under ``vllm_overlay/`` copied into vLLM and
+The change is (1) the ``moe_route_log`` package (this repo's, the plugin's too) copied into
+vLLM as ``vllm/model_executor/layers/fused_moe/moe_route_log`` and
 (2) a few named insertions into six vLLM files, each placed next to an anchor
 text that occurs exactly once in the pristine file. From those two sources this
 module derives everything else: the ``.patch`` for ``git apply`` on a source
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OVERLAY = REPO / "vllm_overlay"
+PACKAGE = REPO / "moe_route_log"  # the logger, copied into vLLM at PACKAGE_DIR
 PATCH_FILE = REPO / "vllm-v0.15.1-moe-logger.patch"
 VLLM_VERSION = "0.15.1"
 PACKAGE_DIR = "vllm/model_executor/layers/fused_moe/moe_route_log"
@@ -268,8 +269,8 @@ def unpatch_source(path: str, patched: str) -> str:
 def overlay_files() -> dict[str, bytes]:
     """The new files, keyed by their path in a vLLM tree."""
     files = {}
-    for file in sorted((OVERLAY / PACKAGE_DIR).rglob("*.py")):
-        files[file.relative_to(OVERLAY).as_posix()] = file.read_bytes()
+    for file in sorted(PACKAGE.rglob("*.py")):
+        files[f"{PACKAGE_DIR}/{file.relative_to(PACKAGE).as_posix()}"] = file.read_bytes()
     return files
 
 

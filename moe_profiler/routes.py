@@ -1,6 +1,6 @@
 """Read route logs back: find the files of a run, check they merge, stream them as columns.
 
-The one reader of the JSONL format written by ``vllm_overlay/.../moe_route_log/log_format.py``
+The one reader of the JSONL format written by ``moe_route_log/log_format.py``
 (schemas 1 to 3; routes logs and counts logs; rotated parts). ``iter_blocks`` yields
 route lines as ``RouteBlock`` columns, ``iter_counts`` the windows of counts logs;
 ``iter_routes`` is a per-line view of the same blocks, for small logs and tests.

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-OVERLAY_PACKAGE_PARENT = REPO / "vllm_overlay/vllm/model_executor/layers/fused_moe"
 GSM8K = REPO.parent / "shared/data/gsm8k/test.jsonl"
 
-# The overlay's pure modules (envs, log_format, wire, writer, naming) import as
-# `moe_route_log.*` from the repo, exactly as the writer process imports them.
-sys.path.append(str(OVERLAY_PACKAGE_PARENT))
+# moe_route_log (the logger) and moe_profiler (the toolkit) import from the repo.
 sys.path.insert(0, str(REPO))
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
-from moe_route_log import log_format
 
 from moe_profiler import report, routes
 from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE, RouteBlock
+from moe_route_log import log_format
 
 
 def open_one(path) -> routes.LogFile:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from moe_route_log.envs import ENV_VARS
 
 REPO = Path(__file__).resolve().parent.parent

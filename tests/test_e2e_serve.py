@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from moe_route_log.log_format import is_sampled
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import (
     Server,
@@ -32,6 +31,8 @@ from serve_helpers import (
     match_requests,
     wait_for_route_lines,
 )
+
+from moe_route_log.log_format import is_sampled
 
 pytestmark = pytest.mark.e2e
 LAYERS, EXPERTS = 3, 8  # the tiny model (conftest.tiny_model)

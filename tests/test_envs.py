@@ -3,6 +3,7 @@
 import os
 
 import pytest
+
 from moe_route_log import envs
 from moe_route_log.envs import LogConfigError, parse_layers, read_config
 

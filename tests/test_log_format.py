@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from moe_route_log import log_format
 
 from moe_profiler import routes
+from moe_route_log import log_format
 
 
 def random_step(rng, tokens=37, layers=(0, 3, 7), top_k=4, experts=60):

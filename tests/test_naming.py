@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
-from moe_route_log.naming import rank_log_path
 
 from moe_profiler import report, routes
+from moe_route_log.naming import rank_log_path
 
 REPO = Path(__file__).resolve().parent.parent
 

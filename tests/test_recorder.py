@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+
 from moe_route_log import wire
 from moe_route_log.recorder import RouteBuffers, store_routes
 

@@ -12,12 +12,12 @@ import types
 import numpy as np
 import pytest
 import torch
+
+from moe_profiler import routes
 from moe_route_log import control
 from moe_route_log.envs import read_config
 from moe_route_log.recorder import LayerRecorder
 from moe_route_log.session import RouteLogSession, _prefill_tokens
-
-from moe_profiler import routes
 
 LAYERS, EXPERTS, TOP_K, ROWS = [3, 5], 8, 2, 32
 

@@ -12,9 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-OVERLAY = (
-    Path(__file__).resolve().parent.parent / "vllm_overlay/vllm/model_executor/layers/fused_moe"
-)
+OVERLAY = Path(__file__).resolve().parent.parent  # holds the moe_route_log package
 
 SCRIPT = f"""
 import sys

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from moe_route_log import wire
-from moe_route_log.writer import WriterProcess, WriterStartError
 
 from moe_profiler import routes
+from moe_route_log import wire
+from moe_route_log.writer import WriterProcess, WriterStartError
 
 META = {"layers": [0, 2], "num_experts": 16, "top_k": 2, "run_id": "t"}
 

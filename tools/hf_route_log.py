@@ -23,11 +23,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.append(str(REPO / "vllm_overlay/vllm/model_executor/layers/fused_moe"))
-
-from moe_route_log import log_format  # noqa: E402
 
 from moe_profiler.local_models import build_tiny_moe  # noqa: E402
+from moe_route_log import log_format  # noqa: E402
 
 GSM8K = REPO.parent / "shared/data/gsm8k/test.jsonl"
 

