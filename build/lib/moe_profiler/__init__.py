@@ -1,0 +1,1 @@
+"""Importable code behind the top-level scripts (see README.md)."""

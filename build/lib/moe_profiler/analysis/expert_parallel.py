@@ -1,0 +1,261 @@
+"""Expert-parallel what-if: how evenly would N GPUs be loaded, forward pass by forward pass?
+
+For EP sizes 2, 4, 8, ... up to the expert count, each logged layer's experts go to GPUs:
+
+- ``contiguous``: vLLM's default placement (``determine_expert_map``, "linear"): GPU g
+  holds a contiguous range of expert ids, the first ``E % N`` GPUs one expert more.
+- ``eplb``: vLLM 0.15.1's own EPLB policy (``DefaultEplbPolicy.rebalance_experts``, one
+  node, one expert group) fitted on this run's whole-run loads, with the fewest redundant
+  experts that fill every GPU's slots (0 when N divides E); ``eplb_redundant``: the same
+  with ``redundant_per_gpu`` more slots per GPU. Fitted and scored on the same run: what
+  EPLB could do at best for this traffic, not a forecast for other traffic.
+
+A GPU's load in a pass is the number of (token, top-k choice) pairs that land on its
+experts. vLLM sends a choice of a replicated expert to replica ``flat index % replicas``
+(``eplb_map_to_physical_and_record``); here each replica gets an equal share of the
+expert's load (that rule's average; exact per pass only when the choices spread evenly
+over flat indices). Balancedness = mean over GPUs / max over GPUs (SGLang's
+definition, 1 = even), per (pass, layer), averaged over passes weighted by the pass's
+tokens at that layer; ``balancedness_of_totals`` is the same on whole-run totals. A pass
+is one (log file, step): ranks of a data-parallel run are separate passes.
+
+Per-pass counts go to a temporary file while reading (memory stays constant; the file
+holds 4 x layers x experts bytes per pass) and are scored in chunks at the end.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+
+from moe_profiler.analysis.common import LayerRows
+from moe_profiler.columns import RouteBlock
+
+_CHUNK_PASSES = 512
+
+
+def ep_sizes(num_experts: int) -> list[int]:
+    """2, 4, 8, ... up to ``num_experts``."""
+    sizes, size = [], 2
+    while size <= num_experts:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def contiguous_placement(num_experts: int, ep_size: int) -> np.ndarray:
+    """float64 [experts, GPUs]: 1 where vLLM's default linear placement puts the expert."""
+    base, remainder = divmod(num_experts, ep_size)
+    sizes = [base + (1 if g < remainder else 0) for g in range(ep_size)]
+    gpu_of_expert = np.repeat(np.arange(ep_size), sizes)
+    return np.eye(ep_size)[gpu_of_expert]
+
+
+def fewest_redundant(num_experts: int, ep_size: int) -> int:
+    """Redundant experts needed so that every GPU has the same number of slots."""
+    return -num_experts % ep_size
+
+
+def load_eplb_policy() -> tuple[Callable | None, str]:
+    """vLLM's ``DefaultEplbPolicy.rebalance_experts``, or None and why it is not there."""
+    try:
+        from vllm.distributed.eplb.policy.default import DefaultEplbPolicy
+    except ImportError as e:
+        return None, (
+            f"vLLM is not installed here ({e}); install vLLM 0.15.1 to see what its load "
+            "balancer would change"
+        )
+    return DefaultEplbPolicy.rebalance_experts, "vLLM DefaultEplbPolicy.rebalance_experts"
+
+
+def eplb_placement(
+    rebalance: Callable, loads: np.ndarray, ep_size: int, redundant: int
+) -> np.ndarray:
+    """float64 [layers, experts, GPUs]: each expert's share of its load on each GPU.
+
+    ``loads`` [layers, experts] are the measured loads EPLB is fitted on; an expert with
+    r replicas puts 1/r of its load on the GPU of each replica.
+    """
+    import torch
+
+    num_layers, num_experts = loads.shape
+    slots = num_experts + redundant
+    phy2log, _, logcnt = rebalance(
+        torch.as_tensor(np.asarray(loads, dtype=np.int64)), slots, 1, 1, ep_size
+    )
+    phy2log, logcnt = phy2log.numpy(), logcnt.numpy()
+    gpu_of_slot = np.arange(slots) // (slots // ep_size)
+    share = np.zeros((num_layers, num_experts, ep_size))
+    layer = np.repeat(np.arange(num_layers), slots)
+    np.add.at(share, (layer, phy2log.ravel(), np.tile(gpu_of_slot, num_layers)), 1.0)
+    return share / logcnt[:, :, None]
+
+
+def balancedness(gpu_loads: np.ndarray) -> np.ndarray:
+    """mean / max over the last axis (GPUs); NaN where every GPU has 0."""
+    top = gpu_loads.max(axis=-1)
+    mean = gpu_loads.mean(axis=-1)
+    return np.divide(mean, top, out=np.full(top.shape, np.nan), where=top > 0)
+
+
+class ExpertParallelWhatIf:
+    """Per-pass expert loads of every logged layer; ``result`` scores the placements."""
+
+    def __init__(self, layers: list[int], num_experts: int, redundant_per_gpu: int = 1) -> None:
+        self.rows = LayerRows(layers)
+        self.num_experts = num_experts
+        self.redundant_per_gpu = redundant_per_gpu
+        self.totals = np.zeros((len(self.rows), num_experts), dtype=np.int64)
+        self.passes = 0
+        # open as long as the accumulator lives; the OS deletes it when closed
+        self._spill = tempfile.TemporaryFile(prefix="moe-ep-passes-")  # noqa: SIM115
+        self._open_key: tuple[int, int] | None = None
+        self._open = np.zeros((len(self.rows), num_experts + 1), dtype=np.int64)
+
+    def add(self, block: RouteBlock) -> None:
+        """Add ``block``'s lines to the loads of their passes."""
+        step = block.step
+        starts = np.flatnonzero(np.r_[True, step[1:] != step[:-1]])
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(step)]))
+        num_layers, width = self._open.shape
+        cell = segment * num_layers + self.rows.rows(block.layer)
+        counts = np.bincount(
+            (cell[:, None] * width + block.experts).ravel(), minlength=len(starts) * self._open.size
+        ).reshape(len(starts), num_layers, width)
+        counts[:, :, -1] = np.bincount(cell, minlength=len(starts) * num_layers).reshape(
+            len(starts), num_layers
+        )
+        for i, s in enumerate(step[starts]):
+            key = (block.source, int(s))
+            if key != self._open_key:
+                self._flush()
+                self._open_key = key
+            self._open += counts[i]
+
+    def _flush(self) -> None:
+        if self._open_key is None:
+            return
+        self._spill.write(self._open.astype(np.int32).tobytes())
+        self.totals += self._open[:, :-1]
+        self.passes += 1
+        self._open[:] = 0
+        self._open_key = None
+
+    def _passes(self):
+        """Chunks of the spilled passes: (counts [P, layers, experts], tokens [P, layers])."""
+        self._spill.flush()
+        self._spill.seek(0)
+        per_pass = self._open.size * 4
+        while chunk := self._spill.read(per_pass * _CHUNK_PASSES):
+            loads = np.frombuffer(chunk, dtype=np.int32).reshape(-1, *self._open.shape)
+            yield loads[:, :, :-1].astype(np.float64), loads[:, :, -1].astype(np.float64)
+
+    def placements(self, rebalance: Callable | None) -> dict[int, dict[str, tuple]]:
+        """Per EP size: name -> (redundant experts, share [layers, experts, GPUs])."""
+        self._flush()
+        num_layers = len(self.rows)
+        out: dict[int, dict[str, tuple]] = {}
+        for size in ep_sizes(self.num_experts):
+            linear = contiguous_placement(self.num_experts, size)
+            out[size] = {"contiguous": (0, np.broadcast_to(linear, (num_layers, *linear.shape)))}
+            if rebalance is not None:
+                fewest = fewest_redundant(self.num_experts, size)
+                extra = fewest + self.redundant_per_gpu * size
+                for name, redundant in (("eplb", fewest), ("eplb_redundant", extra)):
+                    out[size][name] = (
+                        redundant,
+                        eplb_placement(rebalance, self.totals, size, redundant),
+                    )
+        return out
+
+    def result(self, rebalance: Callable | None) -> dict:
+        """``{"<N>": {"contiguous": {...}, "eplb": {"redundant": R, ...}, ...}}``."""
+        placements = self.placements(rebalance)
+        flat = [(size, name, p) for size, named in placements.items() for name, p in named.items()]
+        weighted = [np.zeros(len(self.rows)) for _ in flat]
+        weights = np.zeros(len(self.rows))
+        for loads, tokens in self._passes():
+            weights += tokens.sum(axis=0)
+            for i, (_, _, (_, share)) in enumerate(flat):
+                score = balancedness(np.einsum("ple,leg->plg", loads, share))
+                weighted[i] += np.where(tokens > 0, score * tokens, 0.0).sum(axis=0)
+        result: dict = {}
+        for i, (size, name, (redundant, share)) in enumerate(flat):
+            of_totals = balancedness(np.einsum("le,leg->lg", self.totals, share))
+            per_pass = np.divide(
+                weighted[i], weights, out=np.full(len(weights), np.nan), where=weights > 0
+            )
+            logged = weights > 0
+            result.setdefault(str(size), {})[name] = {
+                "redundant": redundant,
+                "slots_per_gpu": (self.num_experts + redundant) // size
+                if name != "contiguous"
+                else -(-self.num_experts // size),
+                "balancedness": _rounded(
+                    np.sum(weighted[i][logged]) / np.sum(weights[logged]) if logged.any() else None
+                ),
+                "balancedness_of_totals": _rounded(
+                    np.average(of_totals[logged], weights=self.totals.sum(axis=1)[logged])
+                    if logged.any()
+                    else None
+                ),
+                "per_layer": {
+                    str(layer): {
+                        "balancedness": _rounded(per_pass[row]),
+                        "balancedness_of_totals": _rounded(of_totals[row]),
+                    }
+                    for row, layer in enumerate(self.rows.layers)
+                },
+            }
+        return result
+
+
+def _rounded(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+def sglang_logical_count(totals: np.ndarray, layers: list[int], num_layers: int) -> dict:
+    """SGLang's ``--init-expert-location`` input: ``{"logical_count": [layers][experts]}``.
+
+    One row per decoder layer of the model (``num_layers``, SGLang's
+    ``num_hidden_layers``); rows of layers that were not logged (or are dense) are 0,
+    as SGLang's own recorder leaves layers that saw no tokens.
+    """
+    if max(layers) >= num_layers:
+        raise ValueError(f"layer {max(layers)} is not below the model's {num_layers} layers")
+    count = np.zeros((num_layers, totals.shape[1]), dtype=np.int64)
+    count[layers] = totals
+    return {"logical_count": count.tolist()}
+
+
+def figure(result: dict, title: str):
+    """Balancedness against EP size for each placement, per pass and on totals."""
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(int(s) for s in result)
+    fig, axis = plt.subplots(figsize=(8, 4))
+    labels = {
+        "contiguous": ("contiguous (vLLM default)", "#3b6ea8"),
+        "eplb": ("EPLB, fewest redundant experts", "#e07b39"),
+        "eplb_redundant": ("EPLB, more redundant experts", "#2a9d5c"),
+    }
+    for name, (label, color) in labels.items():
+        have = [s for s in sizes if name in result[str(s)]]
+        if not have:
+            continue
+        per_pass = [result[str(s)][name]["balancedness"] for s in have]
+        totals = [result[str(s)][name]["balancedness_of_totals"] for s in have]
+        axis.plot(have, per_pass, "o-", color=color, label=f"{label}: per pass")
+        axis.plot(have, totals, "s--", color=color, alpha=0.6, label=f"{label}: whole-run totals")
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(sizes, [str(s) for s in sizes])
+    axis.set_ylim(0, 1.05)
+    axis.set_xlabel("GPUs (expert-parallel size)")
+    axis.set_ylabel("balancedness (mean / max GPU load)")
+    axis.set_title(title)
+    axis.legend(fontsize=7, loc="lower left")
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,169 @@
+"""The ``moe-profiler`` command: one subcommand per job, each in ``COMMANDS``.
+
+A subcommand is a name, a one-line summary, a function that adds its arguments to
+a parser and a function that runs it with the parsed arguments and returns the
+exit status. To add one, write those two functions and add a row to ``COMMANDS``.
+The top-level scripts (``plot_experts.py``) use the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moe_profiler import routes
+
+LOG_HELP = "log files, folders (their *.jsonl) or globs; the files of one run are merged"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``plot`` (and of plot_experts.py)."""
+    parser.add_argument(
+        "logs", nargs="*", default=["moe_routes.jsonl"], help=f"{LOG_HELP} (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("expert_hist.png"),
+        help="histogram PNG to write (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        default=Path("expert_summary.json"),
+        help="summary JSON to write (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="layer of the histogram (default: the first logged layer)",
+    )
+    add_strict_argument(parser)
+
+
+def add_strict_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first corrupt or truncated line instead of skipping it",
+    )
+
+
+def run_plot(args: argparse.Namespace, prog: str = "moe-profiler plot") -> int:
+    from moe_profiler import report
+
+    try:
+        summary = report.analyze(args.logs, args.out, args.summary, args.strict, args.layer)
+    except (routes.RouteLogError, OSError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    print(report.table(summary))
+    print(f"wrote {args.out} and {args.summary}")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("logs", nargs="+", help=LOG_HELP)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("parquet"),
+        help="folder for the Parquet files, one per log: <log name>.parquet (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compression",
+        default="zstd",
+        choices=["zstd", "snappy", "gzip", "none"],
+        help="Parquet compression (default: %(default)s)",
+    )
+    add_strict_argument(parser)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from moe_profiler import export
+
+    try:
+        logs = routes.open_logs(routes.find_logs(args.logs))
+        written = export.export_logs(logs, args.out, args.strict, compression=args.compression)
+    except (routes.RouteLogError, OSError) as e:
+        print(f"moe-profiler export: {e}", file=sys.stderr)
+        return 1
+    rows = sum(log.windows if log.mode == routes.COUNTS_MODE else log.routes for log in logs)
+    skipped = sum(len(log.problems) for log in logs)
+    print(
+        f"wrote {len(written)} Parquet file(s) to {args.out}: {rows:,} rows"
+        + (f", {skipped} bad lines skipped" if skipped else "")
+    )
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "plot",
+        "expert usage: histogram PNG, summary JSON and a table (= plot_experts.py)",
+        add_plot_arguments,
+        run_plot,
+        "Counts how often each expert of each logged layer was chosen and writes a "
+        "histogram (one layer, plus a layer x expert heatmap), a JSON summary with "
+        "load-balance metrics, and a table.",
+    ),
+    Command(
+        "export",
+        "logs -> Parquet, one file per log, for DuckDB, Spark, polars, pandas",
+        add_export_arguments,
+        run_export,
+        "Each route line becomes a row (run_id, host, dp, pp, tp, part, step, token, "
+        "layer, req_id, pos, tok, phase, experts, weights); counts logs give one row per "
+        "window and layer. The header is kept in the file's metadata.",
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-profiler",
+        description="Analyse the MoE route logs that vLLM writes with VLLM_LOG_MOE set.",
+        epilog="moe-profiler COMMAND --help explains a command.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name, help=command.summary, description=command.description
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ModuleNotFoundError as e:
+        if e.name not in ("pyarrow", "matplotlib"):
+            raise
+        print(
+            f"moe-profiler {args.command}: {e.name} is missing: "
+            "pip install 'vllm-moe-expert-profiler[analysis]'",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

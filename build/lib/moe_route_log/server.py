@@ -1,0 +1,191 @@
+"""``vllm serve`` with VLLM_LOG_MOE: SGLang's recorder endpoints, a status, and metrics.
+
+Endpoints (GET or POST, as in SGLang):
+
+- ``/start_expert_distribution_record``, ``/stop_expert_distribution_record``:
+  start or stop recording in every engine process; SGLang's reply texts.
+- ``/dump_expert_distribution_record``: the counts since the last start as JSON
+  (``logical_count`` ``[num_layers, num_experts]``, ``weight_sums``, ``tokens``),
+  also written next to the log as ``<stem>.dump-<UTC time>.json``.
+- ``/expert_distribution_status``: recording or not, mode, files, bytes, lines.
+
+Metrics on vLLM's own ``/metrics``: the engine processes hold the counts, so each
+scrape first asks them for their totals (one ``collective_rpc`` between two
+passes, at most once a second) and a collector reports, per (data-parallel rank,
+pipeline rank, layer, expert), ``vllm_moe_expert_tokens_total`` and
+``vllm_moe_expert_weight_total``, per rank ``vllm_moe_tokens_total`` and
+``vllm_moe_recording``, and per layer ``vllm_moe_layer_balancedness`` (mean over
+max of the experts' loads in the last complete window: 1 is perfectly even).
+
+Every call reaches the workers through vLLM's own engine-client RPC; with
+several data-parallel engines behind one API server, each engine is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from vllm.logger import init_logger
+
+from . import control
+from .envs import read_config
+
+logger = init_logger(__name__)
+router = APIRouter()
+RPC_TIMEOUT_S = 30.0
+SCRAPE_REFRESH_S = 1.0  # a scrape asks the engines at most this often
+
+
+async def ask(engine_client, command: str) -> list[dict | None]:
+    """Every worker's answer to ``command``, from every data-parallel engine."""
+    core = getattr(engine_client, "engine_core", None)
+    engines = getattr(core, "core_engines", None) or []
+    if len(engines) > 1:
+        # vLLM's DP clients return only the first engine's answer to collective_rpc
+        per_engine = await asyncio.gather(
+            *(
+                core._call_utility_async(
+                    "collective_rpc", control.RPC_METHOD, RPC_TIMEOUT_S, (command,), None, engine=e
+                )
+                for e in engines
+            )
+        )
+        return [answer for answers in per_engine for answer in answers]
+    return await engine_client.collective_rpc(
+        control.RPC_METHOD, timeout=RPC_TIMEOUT_S, args=(command,)
+    )
+
+
+async def _merged(request: Request, command: str) -> dict:
+    return control.merge(await ask(request.app.state.engine_client, command))
+
+
+@router.api_route("/start_expert_distribution_record", methods=["GET", "POST"])
+async def start_record(request: Request):
+    """Start recording in every engine process (the dump's counts restart from zero)."""
+    await _merged(request, "start")
+    return PlainTextResponse("Start recording the expert distribution.\n")
+
+
+@router.api_route("/stop_expert_distribution_record", methods=["GET", "POST"])
+async def stop_record(request: Request):
+    """Stop recording in every engine process."""
+    await _merged(request, "stop")
+    return PlainTextResponse("Stop recording the expert distribution.\n")
+
+
+@router.api_route("/dump_expert_distribution_record", methods=["GET", "POST"])
+async def dump_record(request: Request):
+    """The counts since the last start, returned and written next to the log."""
+    dump = await _merged(request, "dump")
+    dump["until"] = time.time()
+    dump["dump_path"] = dump_path(read_config().path, dump["until"])
+    with open(dump["dump_path"], "w") as f:
+        json.dump(dump, f)
+    return JSONResponse(dump)
+
+
+@router.get("/expert_distribution_status")
+async def status(request: Request):
+    """Recording or not, mode, files, bytes and route lines of every engine process."""
+    return JSONResponse(await _merged(request, "status"))
+
+
+def dump_path(log_path: str, when: float) -> str:
+    """``/data/routes.jsonl`` -> ``/data/routes.dump-20261129T101500.123456Z.json``."""
+    stem = os.path.splitext(log_path)[0]
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"
+    return f"{stem}.dump-{stamp}.json"
+
+
+class ExpertLoadCollector:
+    """Prometheus collector over the engines' last answer to ``totals``."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.answers: list[dict] = []
+        self.fetched = 0.0
+
+    async def refresh(self, engine_client) -> None:
+        if time.monotonic() - self.fetched < SCRAPE_REFRESH_S:
+            return
+        try:
+            answers = await ask(engine_client, "totals")
+        except Exception as e:  # a scrape must never fail because of us
+            logger.warning("VLLM_LOG_MOE: expert-load metrics not refreshed: %s", e)
+            return
+        self.answers = [a for a in answers if a]
+        self.fetched = time.monotonic()
+
+    def collect(self):
+        labels = ["model_name", "dp_rank", "pp_rank"]
+        tokens = CounterMetricFamily(
+            "vllm_moe_expert_tokens",
+            "Tokens routed to each expert (top-k choices).",
+            labels=[*labels, "layer", "expert"],
+        )
+        weights = CounterMetricFamily(
+            "vllm_moe_expert_weight",
+            "Sum of the router weights of the tokens routed to each expert.",
+            labels=[*labels, "layer", "expert"],
+        )
+        routed = CounterMetricFamily(
+            "vllm_moe_tokens", "Tokens that went through the logged MoE layers.", labels=labels
+        )
+        recording = GaugeMetricFamily(
+            "vllm_moe_recording", "1 while the expert recorder runs, 0 when stopped.", labels=labels
+        )
+        balance = GaugeMetricFamily(
+            "vllm_moe_layer_balancedness",
+            "Mean over max of the experts' loads in the last complete window (1 = even).",
+            labels=[*labels, "layer"],
+        )
+        for a in self.answers:
+            rank = [self.model_name, str(a["ranks"]["dp"]), str(a["ranks"]["pp"])]
+            routed.add_metric(rank, a["tokens"])
+            recording.add_metric(rank, 1.0 if a["recording"] else 0.0)
+            for i, layer in enumerate(a["layers"]):
+                for expert, (n, w) in enumerate(
+                    zip(a["counts"][i], a["weight_sums"][i], strict=True)
+                ):
+                    tokens.add_metric([*rank, str(layer), str(expert)], n)
+                    weights.add_metric([*rank, str(layer), str(expert)], w)
+            window = a.get("last_window")
+            if window:
+                for layer, counts in zip(window["layers"], window["counts"], strict=True):
+                    peak = max(counts)
+                    if peak:
+                        balance.add_metric([*rank, str(layer)], sum(counts) / len(counts) / peak)
+        yield from (tokens, weights, routed, recording, balance)
+
+
+class _RefreshOnScrape:
+    """ASGI middleware: before ``/metrics`` answers, fetch the engines' totals."""
+
+    def __init__(self, app, collector: ExpertLoadCollector) -> None:
+        self.app = app
+        self.collector = collector
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics":
+            await self.collector.refresh(scope["app"].state.engine_client)
+        await self.app(scope, receive, send)
+
+
+def attach(app: FastAPI) -> None:
+    """Add the endpoints, and the collector to the registry vLLM's ``/metrics`` serves."""
+    from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+    app.include_router(router)
+    args = getattr(app.state, "args", None)
+    served = getattr(args, "served_model_name", None)
+    model_name = (served[0] if served else None) or getattr(args, "model", None) or "unknown"
+    collector = ExpertLoadCollector(model_name)
+    get_prometheus_registry().register(collector)
+    app.add_middleware(_RefreshOnScrape, collector=collector)
