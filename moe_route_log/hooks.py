@@ -136,7 +136,9 @@ def on_model_loaded(
             for layer_id in layers:
                 routing_taps.check(moe_layers[layer_id])
         except routing_taps.UnsupportedLayerError as e:
-            raise UnsupportedSetupError(f"VLLM_LOG_MOE is set, but the plugin does not support {e}") from None
+            raise UnsupportedSetupError(
+                f"VLLM_LOG_MOE is set, but the plugin does not support {e}"
+            ) from None
     model_config = vllm_config.model_config
     counts_path, n_real_source = _counts_path(config, vllm_config, dp_size)
     ep = parallel.enable_expert_parallel

@@ -15,12 +15,22 @@ from moe_profiler import routes
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).with_name("e2e_driver.py")
 NUM_LAYERS, NUM_EXPERTS, TOP_K = 3, 8, 3  # top_k 3: nothing may assume Qwen's 4
+# Folders put before the repo on every engine's PYTHONPATH: the pip-installed plugin where
+# the logger comes from it (the `patched` fixture of conftest.py sets it).
+ENGINE_PATHS: list[str] = []
+
+
+def engine_pythonpath(*first: str | Path) -> str:
+    """PYTHONPATH of an engine process: ``first``, then ENGINE_PATHS, then the repo."""
+    return os.pathsep.join([*map(str, first), *ENGINE_PATHS, str(REPO)])
 
 
 def engine(tmp: Path, spec: dict, log_env: dict | None = None, background=False):
     """Run the driver; returns (records, completed process) or the running Popen."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
-    env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO), **(log_env or {})})
+    env.update(
+        {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": engine_pythonpath(), **(log_env or {})}
+    )
     spec_file, out_file = tmp / f"spec-{time.time_ns()}.json", tmp / f"out-{time.time_ns()}.json"
     spec_file.write_text(json.dumps(spec))
     cmd = [sys.executable, str(DRIVER), str(spec_file), str(out_file)]

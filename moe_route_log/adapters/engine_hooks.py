@@ -4,15 +4,21 @@ The patch edits six files of vLLM 0.15.1 (``moe_profiler/patching.py``,
 ``INSERTIONS``); the plugin wraps the same methods, each once its module is imported
 (``when_imported``), in every release from 0.15.1 on:
 
-| hook (``hooks.py``) | wrapped | vLLM file (0.15.1 / 0.32.0 / 0.34.0 line) |
-|---|---|---|
-| ``on_model_loaded`` | ``BaseModelLoader.load_model`` | ``model_executor/model_loader/base_loader.py`` (38 / 63 / 76) |
-| ``runner_created`` | ``GPUModelRunner.__init__`` | V1 ``v1/worker/gpu_model_runner.py``; V2 ``v1/worker/gpu/model_runner.py`` (0.34.0: 207) |
-| ``end_pass`` | ``GPUModelRunner.execute_model`` | V1 (3274 / 3940 / -), V2 (- / - / 1826) |
-| ``warm_up_done`` | ``Worker.compile_or_warm_up_model``, ``CPUWorker``'s | ``v1/worker/gpu_worker.py`` (414 / 908 / 1017), ``cpu_worker.py`` (120 / 264 / 259) |
-| ``close`` | ``Worker.shutdown`` | ``v1/worker/gpu_worker.py`` (928 / 1606 / 1792) |
-| ``rpc`` | ``WorkerBase.moe_route_log_rpc`` (added) | ``v1/worker/worker_base.py``, found by ``collective_rpc`` by name |
-| ``attach_server`` | ``register_vllm_serve_api_routers`` | ``entrypoints/serve/__init__.py`` (12 / 19 / 19), imported inside ``build_app`` |
+- ``on_model_loaded``: ``BaseModelLoader.load_model``,
+  ``model_executor/model_loader/base_loader.py`` (0.15.1: l. 38; 0.32.0: 63; 0.34.0: 76);
+- ``runner_created`` and ``end_pass``: ``GPUModelRunner.__init__`` and
+  ``execute_model`` of Model Runner V1, ``v1/worker/gpu_model_runner.py``
+  (``execute_model`` 0.15.1: 3274; 0.32.0: 3940), and of V2,
+  ``v1/worker/gpu/model_runner.py`` (0.34.0: 207 and 1826);
+- ``warm_up_done``: ``compile_or_warm_up_model`` of ``Worker``,
+  ``v1/worker/gpu_worker.py`` (414; 908; 1017), and of ``CPUWorker``,
+  ``v1/worker/cpu_worker.py`` (120; 264; 259);
+- ``close``: ``Worker.shutdown``, ``v1/worker/gpu_worker.py`` (928; 1606; 1792);
+- ``rpc``: ``WorkerBase.moe_route_log_rpc``, added to ``v1/worker/worker_base.py``'s
+  class: ``collective_rpc`` finds a worker's methods by name;
+- ``attach_server``: ``register_vllm_serve_api_routers``,
+  ``entrypoints/serve/__init__.py`` (12; 19; 19), which ``build_app`` imports when
+  it runs.
 
 The CPU runners subclass the GPU ones (``cpu_model_runner.py``, ``cpu/model_runner.py``)
 and inherit the wrapped methods. A pass that did not run the model (no tokens

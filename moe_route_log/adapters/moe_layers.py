@@ -99,9 +99,8 @@ def _is_runner(module) -> bool:
 
 def _is_fused_moe(module) -> bool:
     # 0.15.1 layer.py FusedMoE: router, quant_method, forward_impl, logical_num_experts
-    return all(
-        hasattr(module, a) for a in ("router", "quant_method", "forward_impl", "logical_num_experts")
-    )
+    needs = ("router", "quant_method", "forward_impl", "logical_num_experts")
+    return all(hasattr(module, a) for a in needs)
 
 
 def _runner_view(runner) -> MoELayer:

@@ -1,1 +1,0 @@
-"""Importable code behind the top-level scripts (see README.md)."""
