@@ -89,6 +89,19 @@ def _runner_created(init):
     return wrapper
 
 
+def _refuse_runner(init):
+    def wrapper(self, *args, **kwargs):
+        from ..hooks import UnsupportedSetupError
+
+        raise UnsupportedSetupError(
+            "VLLM_LOG_MOE is set, but the plugin does not support this vLLM's experimental "
+            "Model Runner V2 (VLLM_USE_V2_MODEL_RUNNER=1): unset that variable, or "
+            "VLLM_LOG_MOE"
+        )
+
+    return wrapper
+
+
 def _runner_v1(module: ModuleType) -> None:
     def make(execute_model):
         def wrapper(self, scheduler_output, *args, **kwargs):
@@ -106,6 +119,12 @@ def _runner_v1(module: ModuleType) -> None:
 
 
 def _runner_v2(module: ModuleType) -> None:
+    if not passes.v2_readable(module.InputBatch):
+        # 0.15.1's experimental V2 (VLLM_USE_V2_MODEL_RUNNER=1) keeps other per-pass state
+        # (a tuple, model_runner.py:915; no computed tokens per request): refused when built
+        _wrap(module.GPUModelRunner, "__init__", _refuse_runner)
+        return
+
     def make(execute_model):
         # where dummy_run stands among the arguments after self and scheduler_output
         dummy = list(inspect.signature(execute_model).parameters).index("dummy_run") - 2

@@ -65,6 +65,20 @@ def v1_pass(runner, tokens_per_req: np.ndarray | None = None) -> Pass:
     )
 
 
+# what v2_pass reads of the pass's InputBatch (0.34.0 input_batch.py:42-95)
+V2_BATCH_FIELDS = frozenset(
+    {"req_ids", "num_reqs", "num_scheduled_tokens", "num_computed_tokens_np", "idx_mapping_np",
+     "input_ids"}
+)  # fmt: skip
+
+
+def v2_readable(input_batch_class) -> bool:
+    """Does this release's V2 InputBatch hold what ``v2_pass`` reads?"""
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(input_batch_class)} >= V2_BATCH_FIELDS
+
+
 def v2_pass(runner) -> Pass:
     """The pass a Model Runner V2 just ran (its ``execute_model_state``)."""
     batch = runner.execute_model_state.input_batch
