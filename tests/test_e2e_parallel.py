@@ -1,4 +1,4 @@
-"""Several ranks on the CPU build of vLLM 0.15.1: every token logged exactly once.
+"""Several ranks on the CPU build of vLLM: every token logged exactly once.
 
 Tensor parallel (2 ranks, one file: only TP rank 0 writes), pipeline parallel (2
 stages, one file each with its own layers) and data parallel (2 engines launched
@@ -64,6 +64,7 @@ def assert_dump_is_the_logged_routes(control_file, records, got, processes: int)
     assert len(status["processes"]) == processes and status["layers"] == ALL_LAYERS
 
 
+@pytest.mark.every_release
 def test_tensor_parallel_2_writes_one_file_with_each_token_once(
     tiny_model, questions, tmp_path, patched
 ):
@@ -85,6 +86,7 @@ def test_tensor_parallel_2_writes_one_file_with_each_token_once(
     assert_dump_is_the_logged_routes(tmp_path / "control.json", records, got, processes=1)
 
 
+@pytest.mark.every_release
 def test_pipeline_parallel_2_each_stage_logs_its_own_layers(
     tiny_model, questions, tmp_path, patched
 ):
