@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -39,6 +40,21 @@ def engine(tmp: Path, spec: dict, log_env: dict | None = None, background=False)
     proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=900)
     records = json.loads(out_file.read_text()) if out_file.exists() else None
     return records, proc
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started (vLLM's engine core and workers outlive
+    a killed front end on some releases, each holding gigabytes)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in [*children, proc]:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            child.kill()
+    proc.wait(timeout=60)
 
 
 def read_log(path: Path) -> tuple[routes.LogFile, list[routes.Route]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from e2e_helpers import engine_pythonpath
+from e2e_helpers import engine_pythonpath, kill_tree
 from vllm_under_test import serve_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,9 +96,9 @@ class Server:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
+        """Kill the server and the engine processes it started."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=60)
+            kill_tree(self.process)
 
 
 def log_lines(path: Path) -> list[dict]:

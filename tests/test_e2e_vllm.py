@@ -27,6 +27,7 @@ from e2e_helpers import (
     engine,
     expected_positions,
     hf_router_topk,
+    kill_tree,
     read_log,
     route_totals,
     window_totals,
@@ -348,8 +349,7 @@ def test_killed_engine_leaves_only_whole_lines(tiny_model, questions, tmp_path, 
         wait_for_lines(log, 3000)
         os.kill(routes.read_header(log)["pid"], signal.SIGKILL)
     finally:
-        proc.kill()  # the front end may wait for its dead engine for a long time
-        proc.wait(timeout=60)
+        kill_tree(proc)  # the front end may wait for its dead engine for a long time
     routes.wait_until_complete(log, timeout=120)
     with open(log, "rb") as f:
         lines = f.read().split(b"\n")
