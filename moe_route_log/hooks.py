@@ -39,13 +39,13 @@ import weakref
 
 import numpy as np
 import torch
-from vllm.logger import init_logger
 
 from .envs import LogConfig, LogConfigError, read_config
 from .log_format import WEIGHT_DECIMALS
 from .naming import model_display_name, rank_log_path
+from .vllm_logging import get_logger
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 ACTIVE = False  # this process records routes now (the runner calls end_step)
 _session = None
 _warmed_up = False  # the worker's warm-up is over: passes from now on are real ones
