@@ -554,6 +554,12 @@ def _write_error(out: Path, family: str, error: str) -> None:
 def summary(result: dict) -> str:
     if "error" in result:
         return f"ERROR {result['error']}"
+    if result.get("mode", "routes") != "routes":
+        counts = result["counts"]
+        return (
+            f"{result['mode']}: {counts['tokens']} tokens counted ({counts['counts_path']}), "
+            f"dump {'=' if counts['dump_equals_windows'] else '!='} windows"
+        )
     rule, lines = result["rule"], result["lines"]
     return (
         f"lines {lines['route_lines']}/{lines['expected']}, capture {_capture(result)}, "
@@ -572,6 +578,19 @@ def _capture(result: dict) -> str:
     return f"{_pct(capture['agreement'])} of {capture['pairs']:,}"
 
 
+def _counts(result: dict) -> str:
+    """The counts checks in a few words: the dump of the routes engine's own passes, and the
+    counts-in-graph engine of the same prompts (when it ran)."""
+    own = result.get("counts", {}).get("dump_equals_routes")
+    text = "-" if own is None else ("equal" if own else "DIFFERENT")
+    graph = result.get("counts_graph_vs_routes")
+    if graph is not None:
+        text += "; " + (
+            "equal" if graph["equal"] else f"{graph['choices_differing']} choices differ"
+        )
+    return text
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
@@ -580,16 +599,16 @@ def table(out: Path) -> str:
     """Markdown rows, one per family result in ``out``."""
     rows = [
         "| family (config, layers run) | MoE method | route lines / expected | ids = vLLM capture "
-        "| ids = family rule (ties) | weights = rule |",
-        "|---|---|---|---|---|---|",
+        "| ids = family rule (ties) | weights = rule | counts = routes (end of pass; in graph) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(Path(out).glob("*.json")):
         r = json.loads(path.read_text())
-        if "family" not in r or "plan" not in r:
+        if "family" not in r or "plan" not in r or r.get("mode", "routes") != "routes":
             continue
         name = f"{r['family']} ({r['plan']['config']}, {r.get('config', {}).get('layers', '?')})"
         if "error" in r:
-            rows.append(f"| {name} | - | - | - | - | error: {r['error'][:120]} |")
+            rows.append(f"| {name} | - | - | - | - | - | error: {r['error'][:120]} |")
             continue
         routing, lines, rule = r["header"]["routing"], r["lines"], r["rule"]
         method = routing["quant_method"] + (" (monolithic)" if routing["monolithic_kernel"] else "")
@@ -597,7 +616,7 @@ def table(out: Path) -> str:
             f"| {name} | {method} | {lines['route_lines']:,} / {lines['expected']:,} "
             f"| {_capture(r)} | {_pct(rule['agreement'])} of {rule['pairs']:,} ({rule['tied']}) "
             f"| {rule['weights_close']:,} / {rule['weights_compared']:,} "
-            f"(max diff {rule['max_weight_diff']:.2g}) |"
+            f"(max diff {rule['max_weight_diff']:.2g}) | {_counts(r)} |"
         )
     results = [json.loads(p.read_text()) for p in Path(out).glob("*.json")]
     cards = sorted({r["card"] for r in results if "card" in r})

@@ -13,20 +13,34 @@ pytestmark = pytest.mark.e2e
 
 # header fields that differ between any two runs, whoever logs
 PER_RUN = ("created", "pid", "writer_pid", "log_path")
-# trailer fields that time the run
-TIMINGS = ("engine_wait_s", "end_step_s", "drain_cpu_s", "writer_cpu_s", "writer_buffer_peak_mb")
+# trailer fields that time the run or count its passes (batching varies from run to run)
+TIMINGS = ("steps", "engine_wait_s", "end_step_s", "drain_cpu_s", "writer_cpu_s",
+           "writer_buffer_peak_mb")  # fmt: skip
 
 
-def normalised_lines(path: Path) -> list[dict]:
-    """The log's lines with what differs between two identical runs taken out: the fields
-    above, and the random suffix vLLM adds to each request id."""
+def log_content(path: Path) -> dict:
+    """What a log says about a run, whatever its batching: the header and trailer but for
+    what differs from run to run, each request's prompt length, and each (request, position,
+    layer)'s token id, experts and weights. Request ids lose the random suffix vLLM adds;
+    how tokens were batched into passes (``step``, ``token``) is the scheduler's, not the
+    logger's, and differs between two runs of the same prompts."""
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    for line in lines:
-        if "req_id" in line and line["type"] != "meta":
-            line["req_id"] = line["req_id"].rsplit("-", 1)[0]
-        for field in PER_RUN if line["type"] == "meta" else TIMINGS:
-            line.pop(field, None)
-    return lines
+    header, trailer = lines[0], lines[-1]
+    routes, prompt_lens = {}, {}
+    for line in lines[1:-1]:
+        request = line["req_id"].rsplit("-", 1)[0]
+        if line["type"] == "request":
+            prompt_lens[request] = line["prompt_len"]
+        else:
+            key = (request, line["pos"], line["layer"])
+            assert key not in routes, f"{key} logged twice"
+            routes[key] = (line["tok"], line["experts"], line["weights"])
+    return {
+        "header": {k: v for k, v in header.items() if k not in PER_RUN},
+        "trailer": {k: v for k, v in trailer.items() if k not in TIMINGS},
+        "prompt_lens": prompt_lens,
+        "routes": routes,
+    }
 
 
 def test_the_patch_and_the_plugin_write_the_same_log_for_the_same_run(
@@ -46,9 +60,17 @@ def test_the_patch_and_the_plugin_write_the_same_log_for_the_same_run(
             {**env, "VLLM_LOG_MOE": str(logs[name]), "PYTHONPATH": pythonpath},
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-    patch, plugin = normalised_lines(logs["patch"]), normalised_lines(logs["plugin"])
+    patch, plugin = log_content(logs["patch"]), log_content(logs["plugin"])
     tokens = sum(len(r["prompt_token_ids"]) + len(r["token_ids"]) - 1 for r in records["patch"])
-    assert sum(line["type"] == "route" for line in patch) == tokens * NUM_LAYERS
-    assert patch[-1] == {**patch[-1], "type": "end", "lines": tokens * NUM_LAYERS}
+    assert len(patch["routes"]) == tokens * NUM_LAYERS
+    assert patch["trailer"] == {**patch["trailer"], "type": "end", "lines": tokens * NUM_LAYERS}
     assert [r["token_ids"] for r in records["plugin"]] == [r["token_ids"] for r in records["patch"]]
-    assert plugin == patch
+    for part in ("header", "trailer", "prompt_lens"):
+        assert plugin[part] == patch[part]
+    assert plugin["routes"].keys() == patch["routes"].keys()
+    for key, (tok, experts, weights) in patch["routes"].items():
+        other_tok, other_experts, other_weights = plugin["routes"][key]
+        assert (other_tok, other_experts) == (tok, experts), key
+        # float32 matmuls of other batch shapes (the two engines' schedulers batch the same
+        # prompts differently) move the 6th decimal at most (seen: 9 of 1,947 lines)
+        assert max(abs(a - b) for a, b in zip(weights, other_weights, strict=True)) <= 1.01e-6

@@ -230,9 +230,18 @@ def test_table_rows_and_errors(tmp_path):
         "| gpt_oss (gpt-oss-20b.json, 24) | Mxfp4MoEMethod (monolithic) | 1,200 / 1,200 "
         "| all zeros (monolithic kernel: vLLM's capture never sees its routes) "
         "| 99.90 % of 1,200 (1) "
-        "| 1,198 / 1,199 (max diff 3e-07) |"
+        "| 1,198 / 1,199 (max diff 3e-07) | - |"
     ) in text
-    assert "| llama4 (llama.json, ?) | - | - | - | - | error: OOM |" in text
+    assert "| llama4 (llama.json, ?) | - | - | - | - | - | error: OOM |" in text
+    ok["counts"] = {"dump_equals_routes": True}
+    ok["counts_graph_vs_routes"] = {"equal": False, "choices_differing": 3}
+    (tmp_path / "gpt_oss.json").write_text(json.dumps(ok))
+    (tmp_path / "gpt_oss-counts_graph.json").write_text(
+        json.dumps({**failed, "mode": "counts_graph"})
+    )
+    text = family_bench.table(tmp_path)
+    assert "| 1,198 / 1,199 (max diff 3e-07) | equal; 3 choices differ |" in text
+    assert "counts_graph" not in text  # an engine of another mode is not a family row
     assert text.endswith("cards: NVIDIA H200\n")
 
 
