@@ -82,8 +82,11 @@ def cmd_extract_vllm(a):
     dist_info = None
 
     def is_dropped(n):
-        return (n in drop or n.startswith(drop_dirs)
-                or (n.startswith("vllm/") and n.endswith(DROP_SUFFIXES)))
+        return (
+            n in drop
+            or n.startswith(drop_dirs)
+            or (n.startswith("vllm/") and n.endswith(DROP_SUFFIXES))
+        )
 
     for info in z.infolist():
         n = info.filename
@@ -226,9 +229,25 @@ def cmd_resolve(a):
 
     # --isolated: ignore pip config files / PIP_* variables (a local find-links or
     # file:// index has no upload times and would defeat --uploaded-prior-to).
-    pip = [sys.executable, "-m", "pip", "--isolated", "download", "--no-deps",
-           "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", a.dest,
-           "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312"]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--isolated",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        a.dest,
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp312",
+    ]
     for p in a.platform.split():
         pip += ["--platform", p]
     if a.index_url:
@@ -244,8 +263,10 @@ def cmd_resolve(a):
 
     def download(names):
         ok = True
-        for group in ([n for n in names if pip_for(n) is pip],
-                      [n for n in names if pip_for(n) is not pip]):
+        for group in (
+            [n for n in names if pip_for(n) is pip],
+            [n for n in names if pip_for(n) is not pip],
+        ):
             if group and subprocess.call(pip_for(group[0]) + [f"{n}{specs[n]}" for n in group]):
                 ok = False
         if ok:
@@ -316,8 +337,10 @@ def cmd_resolve(a):
         agg.setdefault(n, set()).add(f"{sp or '*'} [{parent}]")
     for n in sorted(agg):
         hv = host_versions.get(n)
-        print(f"  {n} ({f'host {hv}' if hv else 'host version not known here'}): "
-              f"{', '.join(sorted(agg[n]))[:200]}")
+        print(
+            f"  {n} ({f'host {hv}' if hv else 'host version not known here'}): "
+            f"{', '.join(sorted(agg[n]))[:200]}"
+        )
     print("requirements deliberately not bundled:")
     agg = {}
     for n, _sp, parent in skipped:
@@ -359,8 +382,10 @@ def cmd_unpack(a):
             os.chmod(dst, 0o755 if (mode & 0o111 or ".so" in parts[-1]) else 0o644)
             kept += 1
             nbytes += info.file_size
-        print(f"unpack: {os.path.basename(w)}: {kept} files ({nbytes / 2**20:.1f} MiB)"
-              + (f", dropped {dropped} ({dbytes / 2**20:.1f} MiB)" if dropped else ""))
+        print(
+            f"unpack: {os.path.basename(w)}: {kept} files ({nbytes / 2**20:.1f} MiB)"
+            + (f", dropped {dropped} ({dbytes / 2**20:.1f} MiB)" if dropped else "")
+        )
         total_kept += kept
         total_dropped += dropped
     if len(a.wheel) > 1:
@@ -419,8 +444,9 @@ def cmd_split(a):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pins")
     p.add_argument("wheel")
@@ -429,46 +455,66 @@ def main(argv=None):
     p = sub.add_parser("extract-vllm")
     p.add_argument("wheel")
     p.add_argument("site")
-    p.add_argument("--drop", action="append", default=[],
-                   help="path of a file in the wheel, or of a folder when it ends with / "
-                        "(repeatable)")
+    p.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        help="path of a file in the wheel, or of a folder when it ends with / (repeatable)",
+    )
     p.set_defaults(fn=cmd_extract_vllm)
     p = sub.add_parser("resolve")
     p.add_argument("dest")
     p.add_argument("--seed", action="append", default=[], help="requirement string")
-    p.add_argument("--seed-from-wheel", action="append", default=[],
-                   help="use a wheel's Requires-Dist")
+    p.add_argument(
+        "--seed-from-wheel", action="append", default=[], help="use a wheel's Requires-Dist"
+    )
     p.add_argument("--host", default="", help="space separated names already on the target")
-    p.add_argument("--host-versions", default="",
-                   help="file of name==version lines: the host's versions where known; a host "
-                        "package whose known version misses a requirement is carried")
-    p.add_argument("--host-keep", default="",
-                   help="space separated host packages never carried, even where their version "
-                        "misses a requirement (a warning says so)")
-    p.add_argument("--skip-re", default="",
-                   help="space separated regexes (canonical names) never bundled")
+    p.add_argument(
+        "--host-versions",
+        default="",
+        help="file of name==version lines: the host's versions where known; a host "
+        "package whose known version misses a requirement is carried",
+    )
+    p.add_argument(
+        "--host-keep",
+        default="",
+        help="space separated host packages never carried, even where their version "
+        "misses a requirement (a warning says so)",
+    )
+    p.add_argument(
+        "--skip-re", default="", help="space separated regexes (canonical names) never bundled"
+    )
     p.add_argument("--keep-re", default="", help="exceptions to --skip-re")
     p.add_argument("--platform", required=True, help="space separated platform tags")
     p.add_argument("--cutoff", default="", help="pip --uploaded-prior-to value (empty: newest)")
     p.add_argument("--latest", default="", help="space separated names exempt from --cutoff")
     p.add_argument("--index-url", default="", help="package index (default: pip's, i.e. PyPI)")
     p.add_argument("--find-links", default="", help="a folder of wheels instead of any index")
-    p.add_argument("--wheels-txt", default="", help="where to list the result "
-                   "(default DEST/../wheels.txt)")
+    p.add_argument(
+        "--wheels-txt", default="", help="where to list the result (default DEST/../wheels.txt)"
+    )
     p.set_defaults(fn=cmd_resolve)
     p = sub.add_parser("unpack")
     p.add_argument("site")
     p.add_argument("wheel", nargs="+")
-    p.add_argument("--drop", action="append", default=[],
-                   help="fnmatch glob on the installed path (repeatable)")
+    p.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        help="fnmatch glob on the installed path (repeatable)",
+    )
     p.set_defaults(fn=cmd_unpack)
     p = sub.add_parser("split")
     p.add_argument("archive")
     p.add_argument("outdir")
     p.add_argument("--part-bytes", type=int, default=60 * 1024 * 1024)
     p.add_argument("--title", default="")
-    p.add_argument("--field", action="append", default=[],
-                   help="KEY=VALUE line for the MANIFEST (repeatable), e.g. release=0.34.0")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        help="KEY=VALUE line for the MANIFEST (repeatable), e.g. release=0.34.0",
+    )
     p.set_defaults(fn=cmd_split)
     a = ap.parse_args(argv)
     a.fn(a)

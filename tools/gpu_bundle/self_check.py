@@ -97,8 +97,18 @@ def main() -> int:
     want_triton = os.environ.get("BUNDLE_TRITON", "")
     modules = os.environ.get("BUNDLE_CHECK_MODULES", "").split()
     print(f"  bundle for vllm {release}: torch {want_torch}, triton {want_triton}")
-    for d in ("vllm", "torch", "triton", "torchvision", "transformers", "tokenizers",
-              "huggingface-hub", "pydantic", "xgrammar", "numpy"):
+    for d in (
+        "vllm",
+        "torch",
+        "triton",
+        "torchvision",
+        "transformers",
+        "tokenizers",
+        "huggingface-hub",
+        "pydantic",
+        "xgrammar",
+        "numpy",
+    ):
         try:
             print(f"  {d:16s} {md.version(d)}")
         except Exception as e:
@@ -106,8 +116,10 @@ def main() -> int:
 
     import torch
 
-    print(f"  torch {torch.__version__} from {os.path.dirname(torch.__file__)} "
-          f"(CUDA {torch.version.cuda})")
+    print(
+        f"  torch {torch.__version__} from {os.path.dirname(torch.__file__)} "
+        f"(CUDA {torch.version.cuda})"
+    )
     if torch.__version__.split("+")[0] != want_torch:
         BAD.append("torch version")
 
@@ -175,9 +187,21 @@ def main() -> int:
     if vllm.__version__.split("+")[0] != release:
         BAD.append("vllm version")
 
-    keys = ("libcudart", "libcublas", "libcudnn.so", "libnccl", "libcusparse", "libcurand",
-            "libcufile", "libcufft", "libnvshmem_host", "libnvJitLink", "libnvrtc.so", "libcupti",
-            "libtorch_cuda.so")
+    keys = (
+        "libcudart",
+        "libcublas",
+        "libcudnn.so",
+        "libnccl",
+        "libcusparse",
+        "libcurand",
+        "libcufile",
+        "libcufft",
+        "libnvshmem_host",
+        "libnvJitLink",
+        "libnvrtc.so",
+        "libcupti",
+        "libtorch_cuda.so",
+    )
     with open("/proc/self/maps") as f:
         libs = sorted({ln.split()[-1] for ln in f if ".so" in ln and any(k in ln for k in keys)})
     print("  CUDA libraries loaded (real paths):")
