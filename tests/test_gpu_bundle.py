@@ -485,3 +485,35 @@ def test_gpu_session_installs_this_checkout_as_a_plugin_without_network_or_build
         assert line.group(1) == "none" and "WARNING: this checkout registers no" in p.stdout
     p = session("plugin", env={"RELEASE": "0.15.1", "BUNDLE_DEST": str(dest)}, check=False)
     assert p.returncode == 2 and "0.15.1 is patched" in p.stderr
+
+
+# --------------------------------------------------------------------------- lay_parts.sh
+def test_lay_parts_puts_each_part_in_its_own_ignored_folder_and_prints_the_calls(tmp_path):
+    out = tiny_bundle(tmp_path)
+    parts = sorted(p.name for p in out.glob("part-*"))
+    tree = tmp_path / "checkout"
+    tree.mkdir()
+    run(["git", "init", "-q"], cwd=tree)
+    (tree / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    (tree / ".bundle-07").mkdir()  # a folder of an earlier, longer bundle
+    p = run(
+        ["bash", str(TOOLS / "lay_parts.sh"), "0.34.0", str(out)], env={"BUNDLE_TREE": str(tree)}
+    )
+    folders = sorted(d.name for d in tree.glob(".bundle-*"))
+    assert folders == [f".bundle-{i:02d}" for i in range(len(parts))]
+    assert sorted(f.name for f in (tree / ".bundle-00").iterdir()) == ["MANIFEST", "part-000"]
+    for i, name in enumerate(parts):
+        laid = tree / f".bundle-{i:02d}" / name
+        assert laid.read_bytes() == (out / name).read_bytes()
+        stash = f'carry [".bundle-{i:02d}"]  bash tools/gpu_bundle/install.sh 0.34.0 stash'
+        assert stash in p.stdout
+    assert "RELEASE=0.34.0 bash bench/gpu_session.sh setup" in p.stdout.splitlines()[-1]
+    assert run(["git", "status", "--porcelain"], cwd=tree).stdout.strip() == "?? .gitignore"
+    p = run(
+        ["bash", str(TOOLS / "lay_parts.sh"), "0.15.1", str(out)],
+        env={"BUNDLE_TREE": str(tree)},
+        check=False,
+    )
+    assert p.returncode == 1 and "is for vllm '0.34.0', not 0.15.1" in p.stderr
+    run(["bash", str(TOOLS / "lay_parts.sh"), "--clean"], env={"BUNDLE_TREE": str(tree)})
+    assert not list(tree.glob(".bundle-*"))
