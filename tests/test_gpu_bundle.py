@@ -242,7 +242,9 @@ def test_resolve_follows_requirements_carries_misfit_host_packages_and_skips_the
 
 
 # --------------------------------------------------------------------------- install.sh
-def tiny_bundle(tmp_path: Path, release: str = "0.34.0", part_bytes: int = 700) -> Path:
+def tiny_bundle(
+    tmp_path: Path, release: str = "0.34.0", part_bytes: int = 700, legacy: bool = False
+) -> Path:
     """Parts of a tiny bundle as build.sh lays it out: a fake torch, a carried nccl lib,
     host links to make, bundle.env, env-extra.sh."""
     stage = {
@@ -254,6 +256,8 @@ def tiny_bundle(tmp_path: Path, release: str = "0.34.0", part_bytes: int = 700) 
         "env-extra.sh": "export PYTORCH_SKIP_CUDNN_COMPATIBILITY_CHECK=1\n",
         "filler.bin": os.urandom(3000).hex(),  # random: xz cannot shrink it below a few parts
     }
+    if legacy:  # as ../shared/gpu/build_bundle.sh made them: no bundle.env, no release line
+        del stage["bundle.env"], stage["env-extra.sh"]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:xz") as tar:
         for name, text in stage.items():
@@ -264,15 +268,8 @@ def tiny_bundle(tmp_path: Path, release: str = "0.34.0", part_bytes: int = 700) 
     archive = tmp_path / f"vllm{release.replace('.', '')[:3]}-bundle.tar.xz"
     archive.write_bytes(buf.getvalue())
     out = tmp_path / "parts-out"
-    tools(
-        "split",
-        str(archive),
-        str(out),
-        "--part-bytes",
-        str(part_bytes),
-        "--field",
-        f"release={release}",
-    )
+    fields = [] if legacy else ["--field", f"release={release}"]
+    tools("split", str(archive), str(out), "--part-bytes", str(part_bytes), *fields)
     return out
 
 
@@ -379,6 +376,21 @@ def test_install_finish_unpacks_links_the_hosts_libraries_and_writes_an_env_that
     # check runs the self-check again and, unlike finish, fails with it
     c = install("0.34.0", "check", env=env, check=False)
     assert c.returncode != 0 and "bundle for vllm 0.34.0: torch 2.14.0, triton 3.8.0" in c.stdout
+
+
+def test_install_takes_the_shared_builders_0_15_1_parts_too(tmp_path, host):
+    out = tiny_bundle(tmp_path, release="0.15.1", legacy=True)
+    assert "release" not in (out / "MANIFEST").read_text().split()
+    dest = tmp_path / "vllm015"
+    env = {"BUNDLE_ROOT": str(tmp_path / "host-tmp"), "DEST": str(dest), "PYTHON": host["python"]}
+    p = install("0.34.0", "stash", str(out), env=env, check=False)
+    assert p.returncode != 0 and "is for vllm '0.15.1', not 0.34.0" in p.stderr
+    install("0.15.1", "stash", str(out), env=env)
+    p = install("0.15.1", "finish", env=env)
+    bundle_env = (dest / "bundle.env").read_text()
+    assert "BUNDLE_TORCH=2.9.1" in bundle_env and "BUNDLE_TRITON=3.5.1" in bundle_env
+    assert "vllm._moe_C " in bundle_env and "bundle for vllm 0.15.1: torch 2.9.1" in p.stdout
+    assert "VLLM_BUNDLE_RELEASE=0.15.1" in (dest / "env.sh").read_text()
 
 
 # --------------------------------------------------------------------------- self_check.py
