@@ -118,7 +118,10 @@ paired_on_one_gpu() {  # OUT NAME LAYERS ARGS...: parallel_bench.py run single, 
 
 case "${1:-}" in
   setup)
-    bash tools/gpu_bundle/install.sh "$RELEASE" finish 2>&1 | tail -8
+    # the self-check's lines in full (the whole output: /tmp/install-RELEASE.log)
+    bash tools/gpu_bundle/install.sh "$RELEASE" finish >"/tmp/install-$RELEASE.log" 2>&1
+    echo "== install.sh $RELEASE finish: exit status $?"
+    tail -45 "/tmp/install-$RELEASE.log"
     activate
     # the log checks read with pyarrow (not in vLLM's bundle): cp312 wheels in .gpu-whl/
     if [ "$RELEASE" = 0.15.1 ] || compgen -G ".gpu-whl/*.whl" >/dev/null; then
@@ -126,11 +129,10 @@ case "${1:-}" in
     fi
     if [ "$RELEASE" = 0.15.1 ]; then
       mkdir -p /tmp/vllm-pristine && cp -a /tmp/vllm015/site/vllm /tmp/vllm-pristine/
-      python3 apply_hook.py
+      python3 apply_hook.py && python3 bench/gpu_bench.py prepare
     else
-      install_plugin
+      install_plugin && python3 bench/gpu_bench.py prepare
     fi
-    python3 bench/gpu_bench.py prepare
     python3 bench/gpu_bench.py prepare --config-json bench/configs/olmoe-1b-7b-0924.json \
       --model-dir /tmp/olmoe-dummy
     nvidia-smi --query-gpu=name,memory.total --format=csv
