@@ -48,7 +48,7 @@ HOST_PY="numpy safetensors sentencepiece tiktoken einops psutil regex requests a
  opencv-python-headless prometheus-client protobuf pyyaml cloudpickle filelock tqdm grpcio
  py-cpuinfo rich typer click jinja2 uvloop httpx anyio h11 xxhash msgpack packaging hf-xet
  ninja six charset-normalizer idna urllib3 transformers huggingface-hub tokenizers setuptools
- sympy mpmath networkx fsspec typing-extensions cuda-bindings>=13.0.3,<14"
+ sympy mpmath networkx fsspec typing-extensions pyarrow cuda-bindings>=13.0.3,<14"
 
 mkdir -p "$FAKE/site" "$FAKE/dl"
 if [ ! -x "$FAKE/venv/bin/python" ]; then
