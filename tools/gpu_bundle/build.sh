@@ -17,7 +17,8 @@
 # CUDA libraries are carried or reused from the host); the README section "GPU bundles" has
 # the reasons. Run on x86-64 Linux with python3 (venv + pip), readelf, xz, tar and access to
 # PyPI; nothing here may sit inside a git work tree (the script refuses). The time is mostly
-# xz: on 2 cores XZ_LEVEL=2 packs about 6 GiB in 15-20 minutes.
+# xz. Measured on 2 cores busy with others' tests: 0.34.0 (2.3 GiB) took 10.7 min in all with
+# XZ_LEVEL=2 (15 parts) and 35 min with XZ_LEVEL=6 (14 parts); 0.15.1 (4.5 GiB), 13.5 min with 2.
 #
 # Environment overrides:
 #   WORK          scratch folder (default /tmp/vllm-bundle-work-RELEASE; the downloads in
@@ -31,7 +32,7 @@
 #                 default: the release file's, the day after the vllm wheel was built;
 #                 empty = newest); the release's LATEST names are exempt
 #   INDEX_URL     package index for the downloads (default: PyPI)
-#   XZ_LEVEL      xz preset (default 2; 6 is ~14 % smaller and ~3x slower)
+#   XZ_LEVEL      xz preset (default 2; 6 is 5-14 % smaller and ~3x slower)
 #   XZ_THREADS    xz threads (default 2)
 #   SKIP_ARCHIVE  1 = stop after WORK/stage/ is complete (no xz, no parts): to try the tree
 #   PYTHON        python3 that makes the throwaway venv (default python3)
