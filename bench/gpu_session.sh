@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # What a GPU session runs, in the order it runs it (device tool).
-# Moving the bundle: a folder of the repo that git ignores travels only when a call names
-# it in `carry`, and is gone from the machine in the next call otherwise. So link each part
-# into its own ignored folder (.bundle-00 holds MANIFEST too), keep install_bundle.sh in
-# .gpu-bin, and make one call per part, back to back (the machine is given back after 30 s
-# idle): carry [".gpu-bin", ".bundle-NN"], run `bash .gpu-bin/install_bundle.sh stash
-# .bundle-NN`. The setup call carries [".gpu", ".gpu-whl"] (gsm8k-test.jsonl and
-# install_bundle.sh; the cp312 wheels, 55 MB), later calls only [".gpu"].
-# The bundle parts of ../shared/gpu must already be stashed (install_bundle.sh stash), and a
-# pyarrow wheel for CPython 3.12 be in .gpu-whl/ (pip download --only-binary=:all: --no-deps
-# --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu-whl 'pyarrow>=14'; 55 MB).
+# The vLLM release is RELEASE (default 0.15.1): 0.15.1 runs the bundle in /tmp/vllm015 with
+# vLLM patched (apply_hook.py); 0.34.0 runs /tmp/vllm034 with this project installed as a vLLM
+# plugin (pip --target /tmp/plugin; the patch is for 0.15.1 only). Every subcommand takes it:
+#   RELEASE=0.34.0 bash bench/gpu_session.sh setup
+# Moving the bundle (tools/gpu_bundle/build.sh RELEASE OUTDIR built the parts; README "GPU
+# bundles"): a folder of the repo that git ignores travels only when a call names it in
+# `carry`, and is gone from the machine in the next call otherwise. So link each part into its
+# own ignored folder (.bundle-00 holds MANIFEST too) and make one call per part, back to back
+# (the machine is given back after 30 s idle): carry [".bundle-NN"], run
+# `bash tools/gpu_bundle/install.sh RELEASE stash .bundle-NN` (the repo itself comes with
+# every call). The setup call carries [".gpu", ".gpu-whl"] (gsm8k-test.jsonl and the model
+# config; the cp312 wheels, 55 MB), later calls only [".gpu"].
+# A pyarrow wheel for CPython 3.12 goes in .gpu-whl/ for 0.15.1 (pip download
+# --only-binary=:all: --no-deps --python-version 3.12 --platform manylinux_2_28_x86_64 -d .gpu-whl
+# 'pyarrow>=14'; 55 MB); for 0.34.0 it is optional (installed when there).
 #
-#   bash bench/gpu_session.sh setup             finish the bundle, keep a pristine vLLM copy
-#                                               (/tmp/vllm-pristine), patch vLLM, model folders
+#   bash bench/gpu_session.sh setup             finish the bundle (install.sh RELEASE finish);
+#                                               0.15.1: keep a pristine vLLM copy
+#                                               (/tmp/vllm-pristine), patch vLLM; 0.34.0: the
+#                                               plugin into /tmp/plugin; model folders
+#   bash bench/gpu_session.sh plugin            (0.34.0) the plugin again into /tmp/plugin (setup
+#                                               does it): after a change to the logger
+#   bash bench/gpu_session.sh env               which bundle, PYTHONPATH and vLLM a step runs with
 #   bash bench/gpu_session.sh micro OUT [recorder]
 #                                               recorder_bench.py (device/host cost per piece)
 #                                               and writer_bench.py (the writer's ceiling;
@@ -42,10 +52,50 @@ cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export VLLM_ALLREDUCE_USE_SYMM_MEM=0
 
+RELEASE=${RELEASE:-0.15.1}
+case $RELEASE in
+  0.15.1 | 0.34.0) ;;
+  *) echo "gpu_session.sh: RELEASE must be 0.15.1 or 0.34.0, not '$RELEASE'" >&2; exit 2 ;;
+esac
+# shellcheck disable=SC1091
+source tools/gpu_bundle/naming.sh
+BUNDLE_DEST=${BUNDLE_DEST:-$(bundle_dest "$RELEASE")}
+PLUGIN_DIR=${PLUGIN_DIR:-/tmp/plugin}
+
 activate() {
+  if [ ! -f "$BUNDLE_DEST/env.sh" ]; then
+    echo "gpu_session.sh: no $BUNDLE_DEST/env.sh: run 'RELEASE=$RELEASE bash bench/gpu_session.sh setup' first" >&2
+    exit 1
+  fi
   # shellcheck disable=SC1091
-  source /tmp/vllm015/env.sh
+  source "$BUNDLE_DEST/env.sh"
   export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  if [ "$RELEASE" != 0.15.1 ]; then
+    # the project as a vLLM plugin: its dist-info there carries the vllm.general_plugins
+    # entry point that every vLLM process loads
+    export PYTHONPATH="$PLUGIN_DIR:$PYTHONPATH"
+  fi
+}
+
+install_plugin() {  # this checkout into $PLUGIN_DIR: no network, so no deps, no build isolation
+  # built from a copy of what the package needs, so that no build/ or *.egg-info lands here
+  local src
+  src=$(mktemp -d)
+  cp -r pyproject.toml README.md moe_profiler moe_route_log "$src"/
+  rm -rf "$PLUGIN_DIR"
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check \
+    --target "$PLUGIN_DIR" "$src"
+  local rc=$?
+  rm -rf "$src"
+  [ "$rc" = 0 ] || { echo "gpu_session.sh: the plugin did not install (pip exit $rc)" >&2; return "$rc"; }
+  PYTHONPATH="$PLUGIN_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -c 'import importlib.metadata as m
+eps = [e for e in m.entry_points(group="vllm.general_plugins")
+       if e.dist is not None and e.dist.name == "vllm-moe-expert-profiler"]
+print("vllm.general_plugins entry points of this project: "
+      + (", ".join(f"{e.name} = {e.value}" for e in eps) or "none"))
+if not eps:
+    print("WARNING: this checkout registers no vllm.general_plugins entry point (pyproject.toml): "
+          "vLLM will not load the logger")'
 }
 
 free_gpus() {  # whatever a failed step left on the GPUs
@@ -68,15 +118,35 @@ paired_on_one_gpu() {  # OUT NAME LAYERS ARGS...: parallel_bench.py run single, 
 
 case "${1:-}" in
   setup)
-    bash .gpu/install_bundle.sh finish 2>&1 | tail -5
+    # the self-check's lines in full (the whole output: /tmp/install-RELEASE.log)
+    bash tools/gpu_bundle/install.sh "$RELEASE" finish >"/tmp/install-$RELEASE.log" 2>&1
+    echo "== install.sh $RELEASE finish: exit status $?"
+    tail -45 "/tmp/install-$RELEASE.log"
     activate
     # the log checks read with pyarrow (not in vLLM's bundle): cp312 wheels in .gpu-whl/
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-whl/*.whl
-    mkdir -p /tmp/vllm-pristine && cp -a /tmp/vllm015/site/vllm /tmp/vllm-pristine/
-    python3 apply_hook.py && python3 bench/gpu_bench.py prepare
+    if [ "$RELEASE" = 0.15.1 ] || compgen -G ".gpu-whl/*.whl" >/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-whl/*.whl
+    fi
+    if [ "$RELEASE" = 0.15.1 ]; then
+      mkdir -p /tmp/vllm-pristine && cp -a /tmp/vllm015/site/vllm /tmp/vllm-pristine/
+      python3 apply_hook.py && python3 bench/gpu_bench.py prepare
+    else
+      install_plugin && python3 bench/gpu_bench.py prepare
+    fi
     python3 bench/gpu_bench.py prepare --config-json bench/configs/olmoe-1b-7b-0924.json \
       --model-dir /tmp/olmoe-dummy
     nvidia-smi --query-gpu=name,memory.total --format=csv
+    ;;
+  plugin)
+    [ "$RELEASE" != 0.15.1 ] || { echo "gpu_session.sh: 0.15.1 is patched (setup), not a plugin" >&2; exit 2; }
+    activate
+    install_plugin
+    ;;
+  env)
+    activate
+    echo "release $RELEASE: $BUNDLE_DEST/env.sh"
+    echo "PYTHONPATH=$PYTHONPATH"
+    python3 -c 'import vllm; print("vllm", vllm.__version__, "from", vllm.__file__)'
     ;;
   micro)
     activate
