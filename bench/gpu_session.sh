@@ -35,8 +35,14 @@
 #                                               configuration on GPU0, `vllm bench serve` in
 #                                               turns: PROMPTS at RATE req/s, 3 x PROMPTS at
 #                                               saturation
-#   bash bench/gpu_session.sh families OUT LIST family_bench.py run for the comma LIST;
-#                                               results as OUT/families.tar.gz (8 files a call)
+#   bash bench/gpu_session.sh families OUT LIST [MODES]
+#                                               family_bench.py run for the comma LIST, engines
+#                                               per family: MODES (routes,counts_graph; default
+#                                               routes); results as OUT/families.tar.gz
+#   bash bench/gpu_session.sh native OUT        (0.34.0) native_capture.py: vLLM's own
+#                                               routed_experts responses beside the route log of
+#                                               the same `vllm serve` (test data for the analyses;
+#                                               Qwen1.5-MoE's shape, 4 layers, dummy weights)
 #   bash bench/gpu_session.sh oracle OUT        GPU0: oracle with CUDA graphs, then enforce_eager
 #   bash bench/gpu_session.sh overhead OUT L... GPU0: paired off / logging engines, 1319 GSM8K
 #                                               x 128 and the 25 seed prompts, VLLM_LOG_MOE_LAYER=L
@@ -161,8 +167,10 @@ case "${1:-}" in
     activate
     out=$2 model=$3 configs=$4 reps=$5 rate=$6 prompts=$7 mem=$8 kv=$9
     mkdir -p "$out"
+    plugin_args=()
+    [ "$RELEASE" = 0.15.1 ] || plugin_args=(--plugin-site "$PLUGIN_DIR")
     CUDA_VISIBLE_DEVICES=0 python3 bench/serve_bench.py run --model-dir "/tmp/$model" \
-      --configs "$configs" --reps "$reps" --rate "$rate" --num-prompts "$prompts" \
+      --configs "$configs" --reps "$reps" --rate "$rate" --num-prompts "$prompts" "${plugin_args[@]}" \
       --saturation-prompts $((prompts * 3)) \
       --mem "$mem" --kv-gib "$kv" --out "$out/serve-$model.json" >"$out/serve-$model.log" 2>&1
     echo "== serve $model: exit status $?"
@@ -174,18 +182,32 @@ case "${1:-}" in
     activate
     out=$2
     mkdir -p "$out"
-    python3 bench/family_bench.py run --families "$3" --out /tmp/families >"$out/families.log" 2>&1
+    python3 bench/family_bench.py run --families "$3" --modes "${4:-routes}" --out /tmp/families \
+      >"$out/families.log" 2>&1
     echo "== families $3: exit status $?"
     tail -15 "$out/families.log"
     tar -czf "$out/families.tar.gz" -C /tmp families
+    free_gpus
+    ;;
+  native)
+    activate
+    out=$2
+    mkdir -p "$out"
+    CUDA_VISIBLE_DEVICES=0 python3 bench/native_capture.py --plugin-site "$PLUGIN_DIR" \
+      --out "$out/native" >"$out/native.log" 2>&1
+    echo "== native: exit status $?"
+    tail -3 "$out/native.log"
     free_gpus
     ;;
   costs)
     activate
     out=$2 model=$3 configs=$4 reps=$5 mem=$6 kv=$7
     mkdir -p "$out"
+    plugin_args=()  # the plugin is on every engine's path (activate); vLLM's capture (r3)
+    # needs prefix caching from 0.2x on, and every engine then runs with it
+    [ "$RELEASE" = 0.15.1 ] || plugin_args=(--plugin-site "$PLUGIN_DIR" --prefix-caching)
     CUDA_VISIBLE_DEVICES=0 python3 bench/overhead_bench.py run --model-dir "/tmp/$model" \
-      --configs "$configs" --reps "$reps" --mem "$mem" --kv-gib "$kv" \
+      --configs "$configs" --reps "$reps" --mem "$mem" --kv-gib "$kv" "${plugin_args[@]}" \
       --out "$out/costs-$model.json" >"$out/costs-$model.log" 2>&1
     echo "== costs $model: exit status $?"
     tail -12 "$out/costs-$model.log"

@@ -15,7 +15,11 @@ completions and chat completions, and saves
 The pair is test data for the analyses (a native capture and a route log of the same
 run), recorded where the capture runs.
 
-  native_capture.py --model-dir DIR --plugin-site DIR --out DIR [--requests 8]
+  native_capture.py --plugin-site DIR --out DIR [--layers 4] [--requests 8]
+
+The model: --config-json's config (Qwen1.5-MoE-A2.7B's by default) with its first
+--layers decoder layers, dummy weights, a tokenizer made locally (--model-dir: one
+already made).
 """
 
 from __future__ import annotations
@@ -36,6 +40,26 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+
+
+def model_dir(args) -> Path:
+    """--model-dir, or a dummy-weight folder of --config-json with --layers layers."""
+    if args.model_dir is not None:
+        return args.model_dir
+    from moe_profiler import prompts
+    from moe_profiler.local_models import build_dummy_model_dir
+
+    config = json.loads(args.config_json.read_text())
+    config["num_hidden_layers"] = args.layers
+    folder = Path(f"/tmp/native-capture-{args.layers}-layers")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "source-config.json").write_text(json.dumps(config, indent=1))
+    return build_dummy_model_dir(
+        folder / "source-config.json", folder, prompts.load_questions(400, args.gsm8k)
+    )
 
 
 def post(port: int, path: str, body: dict) -> dict:
@@ -60,6 +84,7 @@ def start(args, port: int) -> subprocess.Popen:
     cmd += ["--port", str(port), "--load-format", "dummy", "--max-model-len", "1024"]
     cmd += ["--gpu-memory-utilization", str(args.mem), "--seed", "0"]
     cmd += ["--enable-return-routed-experts", "--enable-prefix-caching"]
+    cmd += ["--chat-template", CHAT_TEMPLATE]  # the local tokenizer has none
     log = open(args.out / "server.txt", "w")  # noqa: SIM115 (the server's life)
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -118,8 +143,9 @@ def check(responses: list[dict], log_path: Path) -> dict:
     for req, toks in logged.items():
         for sequence, ids in captures:
             if all(sequence[pos] == tok for pos, tok in toks.items() if pos < len(sequence)):
-                reference[req] = ids[:, layers]
-                skip[req] = min(toks)  # prompt tokens served from the prefix cache
+                caller_id = req.rsplit("-", 1)[0]  # oracle.compare's key: vLLM's suffix off
+                reference[caller_id] = ids[:, layers]
+                skip[caller_id] = min(toks)  # prompt tokens served from the prefix cache
                 break
     agreement = oracle.compare([log], reference, layers, skip_positions=skip)
     return {
@@ -135,7 +161,14 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model-dir", type=Path, required=True, help="config + tokenizer folder")
+    p.add_argument("--model-dir", type=Path, help="a config + tokenizer folder to use as it is")
+    p.add_argument(
+        "--config-json",
+        type=Path,
+        default=REPO / "bench/configs/qwen1.5-moe-a2.7b-chat.json",
+        help="the model's config.json (default: Qwen1.5-MoE-A2.7B's)",
+    )
+    p.add_argument("--layers", type=int, default=4, help="decoder layers kept (%(default)s)")
     p.add_argument("--plugin-site", type=Path, required=True, help="the plugin pip-installed")
     p.add_argument("--out", type=Path, required=True, help="folder for the three files")
     p.add_argument("--requests", type=int, default=8, help="completions (plus 2 chats)")
@@ -146,6 +179,7 @@ def main() -> None:
     from moe_profiler import prompts
 
     args.out.mkdir(parents=True, exist_ok=True)
+    args.model_dir = model_dir(args)
     proc = start(args, args.port)
     try:
         wait_healthy(args.port, proc)
