@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util
-import os
 import socket
 import time
 import weakref
@@ -35,8 +34,8 @@ import torch
 from vllm.logger import init_logger
 
 from .envs import LogConfig, LogConfigError, read_config
-from .log_format import WEIGHT_DECIMALS
-from .naming import model_display_name, rank_log_path
+from .log_format import Ranks, RunFacts, header_fields
+from .naming import rank_log_path
 
 logger = init_logger(__name__)
 ACTIVE = False  # this process records routes now (the runner calls end_step)
@@ -104,47 +103,41 @@ def on_model_loaded(model: torch.nn.Module, vllm_config) -> None:
     counts_path, n_real_source = _counts_path(config, vllm_config, dp_size)
     ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model
-    meta = {
-        "vllm_version": _vllm_version(),
-        "model_id": model_id,
-        "model_name": model_display_name(model_id),
-        "seed": config.seed if config.seed is not None else model_config.seed,
-        "req_id": config.run_label,
-        "run_id": config.run_label or vllm_config.instance_id,
-        "layers": layers,
-        "layer_choice": layer_choice,
-        "num_layers": num_layers,
-        "moe_layers": sorted(moe_layers),
-        "num_experts": first_layer.logical_num_experts,
-        "top_k": first_layer.top_k,
-        "routing": routing.describe(first_layer, blocks.get(id(first_layer))),
-        "expert_ids": "logical",
-        "weights_decimals": WEIGHT_DECIMALS,
-        "ranks": {
-            "dp": dp_rank,
-            "dp_size": dp_size,
-            "pp": pp_rank,
-            "pp_size": pp_size,
-            "tp": 0,
-            "tp_size": parallel.tensor_parallel_size,
-            "ep": get_ep_group().rank_in_group if ep else 0,
-            "ep_size": get_ep_group().world_size if ep else 1,
-            "eplb": parallel.enable_eplb,
-        },
-        "hostname": hostname,
-        "pid": os.getpid(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "platform": vllm_config.device_config.device.type,
-        "enforce_eager": model_config.enforce_eager,
-        "prefix_caching": bool(vllm_config.cache_config.enable_prefix_caching),
-        "log_path": path,
-        "mode": config.mode,
-        "counts_path": counts_path,
-        "sample": config.sample,
-    }
+    run = RunFacts(
+        vllm_version=_vllm_version(),
+        model_id=model_id,
+        seed=config.seed if config.seed is not None else model_config.seed,
+        run_label=config.run_label,
+        run_id=config.run_label or vllm_config.instance_id,
+        layers=layers,
+        layer_choice=layer_choice,
+        num_layers=num_layers,
+        moe_layers=sorted(moe_layers),
+        num_experts=first_layer.logical_num_experts,
+        top_k=first_layer.top_k,
+        routing=routing.describe(first_layer, blocks.get(id(first_layer))),
+        ranks=Ranks(
+            dp=dp_rank,
+            dp_size=dp_size,
+            pp=pp_rank,
+            pp_size=pp_size,
+            tp_size=parallel.tensor_parallel_size,
+            ep=get_ep_group().rank_in_group if ep else 0,
+            ep_size=get_ep_group().world_size if ep else 1,
+            eplb=parallel.enable_eplb,
+        ),
+        hostname=hostname,
+        platform=vllm_config.device_config.device.type,
+        enforce_eager=model_config.enforce_eager,
+        prefix_caching=bool(vllm_config.cache_config.enable_prefix_caching),
+        log_path=path,
+        mode=config.mode,
+        counts_path=counts_path,
+        sample=config.sample,
+    )
     session = RouteLogSession(
         replace(config, path=path),
-        meta,
+        header_fields(run),
         rows=vllm_config.scheduler_config.max_num_batched_tokens,
         num_layers=len(layers),
         top_k=first_layer.top_k,

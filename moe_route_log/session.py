@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from vllm.logger import init_logger
 
-from . import naming, wire
+from . import log_format, naming, wire
 from .counts import DeviceExpertCounts, Snapshot
 from .envs import LogConfig
 from .graph_counts import InGraphCounts
@@ -346,12 +346,8 @@ class RouteLogSession:
         }
 
     def _control(self, action: str) -> None:
-        self._pending.put(
-            wire.json_frame(
-                wire.LINE,
-                {"type": "control", "action": action, "t": time.time(), "step": self.steps},
-            )
-        )
+        line = log_format.control_line(action, time.time(), self.steps)
+        self._pending.put(wire.json_frame(wire.LINE, line))
 
     def _flush(self) -> None:
         done = threading.Event()
@@ -448,17 +444,16 @@ class RouteLogSession:
 
     def _drain_window(self, window: _Window) -> None:
         counts, weight_sums = window.snapshot.read()
-        line = {
-            "type": "counts",
-            "t_start": round(window.t_start, 6),
-            "t_end": round(window.t_end, 6),
-            "steps": window.steps,
-            "tokens": window.tokens,
-            "prefill_tokens": window.prefill_tokens,
-            "layers": self.layers,
-            "counts": counts.tolist(),
-            "weight_sums": np.round(weight_sums, 6).tolist(),
-        }
+        line = log_format.counts_line(
+            t_start=window.t_start,
+            t_end=window.t_end,
+            steps=window.steps,
+            tokens=window.tokens,
+            prefill_tokens=window.prefill_tokens,
+            layers=self.layers,
+            counts=counts,
+            weight_sums=weight_sums,
+        )
         with self._lock:
             self._record.add(window, counts, weight_sums)
             self._lifetime.add(window, counts, weight_sums)
@@ -491,18 +486,14 @@ class RouteLogSession:
         self._pending.put(None)
         self._drain.join()
         if not self._broken:
-            self._send(
-                wire.json_frame(
-                    wire.CLOSE,
-                    {
-                        "steps": self.steps,
-                        "engine_wait_s": round(self.wait_s, 6),
-                        "engine_waits": self.waits,
-                        "end_step_s": round(self.end_step_s, 6),
-                        "drain_cpu_s": round(self.drain_cpu_s, 6),
-                    },
-                )
+            fields = log_format.trailer_engine_fields(
+                steps=self.steps,
+                wait_s=self.wait_s,
+                waits=self.waits,
+                end_step_s=self.end_step_s,
+                drain_cpu_s=self.drain_cpu_s,
             )
+            self._send(wire.json_frame(wire.CLOSE, fields))
         self._writer.close()
 
 
