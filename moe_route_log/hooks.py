@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import multiprocessing.util
 import socket
-import time
 import weakref
 
 import numpy as np
@@ -197,20 +196,14 @@ def end_step(runner, tokens_per_req: np.ndarray) -> None:
     """Log the forward pass ``runner`` just ran: ``tokens_per_req`` per batch request."""
     if _session is None:
         return
-    began = time.perf_counter()
-    rows, reqs = int(tokens_per_req.sum()), len(tokens_per_req)
-    # routes mode queues these for the drain thread: copies, as the runner reuses its
-    # buffers; counts mode only sums them now, and needs no request ids
-    queued = _session.mode == "routes"
-    keep = np.copy if queued else np.asarray
+    batch = runner.input_batch  # the session reads the pass's part of these buffers
     _session.end_step(
-        list(runner.input_batch.req_ids[:reqs]) if queued else [],
-        keep(tokens_per_req),
-        keep(runner.input_batch.num_prompt_tokens[:reqs]),
-        keep(runner.positions.np[:rows]),
+        batch.req_ids,
+        tokens_per_req,
+        batch.num_prompt_tokens,
+        runner.positions.np,
         runner.input_ids.gpu,
     )
-    _session.end_step_s += time.perf_counter() - began
 
 
 def _check_supported(vllm_config) -> None:

@@ -17,7 +17,8 @@ from moe_profiler import routes
 from moe_route_log import control
 from moe_route_log.envs import read_config
 from moe_route_log.recorder import LayerRecorder
-from moe_route_log.session import RouteLogSession, _prefill_tokens
+from moe_route_log.session import RouteLogSession
+from moe_route_log.window import prefill_tokens
 
 LAYERS, EXPERTS, TOP_K, ROWS = [3, 5], 8, 2, 32
 
@@ -255,12 +256,12 @@ def test_merged_answers_are_sglang_logical_counts(tmp_path):
 def test_prefill_tokens_of_a_pass():
     # request 1: positions 5..9 of a 7-token prompt (2 prefill); request 2: decode; 3: all prompt
     assert (
-        _prefill_tokens(
+        prefill_tokens(
             np.array([5, 1, 3]), np.array([7, 4, 10]), np.array([5, 6, 7, 8, 9, 30, 0, 1, 2])
         )
         == 2 + 0 + 3
     )
-    assert _prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
+    assert prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
     # requests without rows this pass (first, middle, last) count nothing
     tokens, prompts = np.array([0, 2, 0, 1, 0]), np.array([9, 5, 9, 3, 9])
-    assert _prefill_tokens(tokens, prompts, np.array([3, 4, 8])) == 2 + 0
+    assert prefill_tokens(tokens, prompts, np.array([3, 4, 8])) == 2 + 0
