@@ -118,7 +118,7 @@ class HostDrain:
         self.free_slots = FreeSlots(len(staging))
         self._copy_stream = torch.cuda.Stream(device_index) if self._cuda and staging else None
         self._writer = WriterProcess(
-            config.path, config.buffer_bytes, config.max_bytes, config.keep
+            config.path, config.buffer_bytes, config.max_bytes, config.keep, config.encoders
         )
         self._writer.send(wire.json_frame(wire.HEADER, {**meta, "writer_pid": self._writer.pid}))
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()

@@ -132,6 +132,16 @@ def test_start_off_records_nothing_until_started(tmp_path):
     assert {r["step"] for r in lines if r["type"] == "route"} == {1}
 
 
+def test_vllm_log_moe_encoders_sets_the_writers_encoder_processes(tmp_path):
+    s = make_session(tmp_path, VLLM_LOG_MOE_ENCODERS="2")
+    ids = np.concatenate([run_pass(s, np.random.default_rng(6)) for _ in range(3)])
+    lines = lines_of(s, tmp_path / "log.jsonl")
+    assert lines[-1]["type"] == "end" and lines[-1]["writer_encoders"] == 2
+    route_lines = [r for r in lines if r["type"] == "route"]
+    assert len(route_lines) == lines[-1]["lines"] == len(ids) * len(LAYERS)
+    assert [r["experts"] for r in route_lines] == ids.reshape(-1, TOP_K).tolist()
+
+
 def in_graph_pass(
     session, counter, source, rng, reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12)), dummy=False
 ):
