@@ -2,9 +2,10 @@
 """Put the MoE route logger into the installed vLLM 0.15.1 (or take it out again).
 
 It writes the same change as vllm-v0.15.1-moe-logger.patch: it adds the package
-vllm/model_executor/layers/fused_moe/moe_route_log/ and a few lines to three
-vLLM files (layer.py, gpu_model_runner.py, base_loader.py). Nothing changes
-vLLM's behaviour until VLLM_LOG_MOE is set.
+vllm/model_executor/layers/fused_moe/moe_route_log/ (a copy of moe_route_log/)
+and a few lines to six vLLM files (moe_profiler/patching.py, PATCHED_FILES): the
+MoE layer, the model runner, the model loader, the GPU and CPU workers and
+vllm serve's routers. Nothing changes vLLM's behaviour until VLLM_LOG_MOE is set.
 
   python3 apply_hook.py            apply (a second run says "already applied")
   python3 apply_hook.py --check    report: pristine / patched / partly patched /

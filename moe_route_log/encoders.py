@@ -1,6 +1,6 @@
 """Route lines from ROUTES frames, in the writer process or in a pool of encoder processes.
 
-Encoding text is the writer's heavy work (about 600k lines/s per core). With
+Encoding text is the writer's heavy work. With
 ``processes`` > 1 the writer forks that many encoder processes and hands them
 passes in turn; ``EncoderPool.results`` gives the encoded passes back in the
 order they came, so the log is the same whatever the pool's size. What depends

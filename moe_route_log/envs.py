@@ -90,8 +90,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "VLLM_LOG_MOE_ENCODERS": (
         "auto",
         "Processes that turn routes into JSON lines for each logging process (routes "
-        "mode). `auto`: one per 8 CPU cores, 1 to 4. Each encodes about 600k lines/s; raise "
-        "it when the trailer reports `engine_waits` (the engine waited for the writer).",
+        "mode). `auto`: one per 8 CPU cores, 1 to 4. Raise it when the trailer reports "
+        "`engine_waits` (the engine waited for the writer).",
     ),
     "VLLM_LOG_MOE_COUNTS_IN_GRAPH": (
         "0",
@@ -101,8 +101,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "`counts_path` says which path counted (`in_graph` or `end_of_pass`). Only with one "
         "data-parallel rank (with more, and in routes mode, the end-of-pass kernel counts, "
         "with a warning). Passes that run outside the CUDA graphs (more tokens than the largest "
-        "captured size) are counted by the end-of-pass kernel instead. Opt-in: on one H200 it "
-        "took the engine thread from 225 to 90 us a pass offline (README, Overhead).",
+        "captured size) are counted by the end-of-pass kernel instead. Opt-in: it takes most "
+        "of the engine thread's work after a pass away, but its cost under `vllm serve` at "
+        "saturation is not measured yet (README, Overhead).",
     ),
 }
 

@@ -18,10 +18,11 @@ declares that it writes the accumulators, so Dynamo keeps it in the graph.
 
 A CUDA pass that runs outside any graph (more tokens than the largest captured
 size: vLLM then runs the layers eagerly) would pay that launch from Python at
-every layer, each a release of the GIL (~40 us of Triton launch, ~100 us under
-load). There the layers store their routes as in end-of-pass counting (one cheap
-copy each) and ``take_uncounted`` tells the session to count the pass with the
-end-of-pass kernel: graphs count inside, eager passes at their end.
+every layer, and each launch lets other threads take the GIL, which the engine
+thread then waits for (``bench/gil_probe.py``). There the layers store their
+routes as in end-of-pass counting (one cheap copy each) and ``take_uncounted``
+tells the session to count the pass with the end-of-pass kernel: graphs count
+inside, eager passes at their end.
 """
 
 from __future__ import annotations

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util
-import os
 import socket
-import time
 import weakref
 
 import numpy as np
 import torch
 
 from .envs import LogConfig, LogConfigError, read_config
-from .log_format import WEIGHT_DECIMALS
-from .naming import model_display_name, rank_log_path
+from .log_format import Ranks, RunFacts, header_fields
+from .naming import rank_log_path
 from .vllm_logging import get_logger
 
 logger = get_logger(__name__)
@@ -143,47 +141,41 @@ def on_model_loaded(
     counts_path, n_real_source = _counts_path(config, vllm_config, dp_size)
     ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model
-    meta = {
-        "vllm_version": _vllm_version(),
-        "model_id": model_id,
-        "model_name": model_display_name(model_id),
-        "seed": config.seed if config.seed is not None else model_config.seed,
-        "req_id": config.run_label,
-        "run_id": config.run_label or vllm_config.instance_id,
-        "layers": layers,
-        "layer_choice": layer_choice,
-        "num_layers": num_layers,
-        "moe_layers": sorted(moe_layers),
-        "num_experts": first_layer.num_experts,
-        "top_k": first_layer.top_k,
-        "routing": routing.describe(first_layer, blocks.get(id(first_layer.module))),
-        "expert_ids": "logical",
-        "weights_decimals": WEIGHT_DECIMALS,
-        "ranks": {
-            "dp": dp_rank,
-            "dp_size": dp_size,
-            "pp": pp_rank,
-            "pp_size": pp_size,
-            "tp": 0,
-            "tp_size": parallel.tensor_parallel_size,
-            "ep": get_ep_group().rank_in_group if ep else 0,
-            "ep_size": get_ep_group().world_size if ep else 1,
-            "eplb": parallel.enable_eplb,
-        },
-        "hostname": hostname,
-        "pid": os.getpid(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "platform": vllm_config.device_config.device.type,
-        "enforce_eager": model_config.enforce_eager,
-        "prefix_caching": bool(vllm_config.cache_config.enable_prefix_caching),
-        "log_path": path,
-        "mode": config.mode,
-        "counts_path": counts_path,
-        "sample": config.sample,
-    }
+    run = RunFacts(
+        vllm_version=_vllm_version(),
+        model_id=model_id,
+        seed=config.seed if config.seed is not None else model_config.seed,
+        run_label=config.run_label,
+        run_id=config.run_label or vllm_config.instance_id,
+        layers=layers,
+        layer_choice=layer_choice,
+        num_layers=num_layers,
+        moe_layers=sorted(moe_layers),
+        num_experts=first_layer.num_experts,
+        top_k=first_layer.top_k,
+        routing=routing.describe(first_layer, blocks.get(id(first_layer.module))),
+        ranks=Ranks(
+            dp=dp_rank,
+            dp_size=dp_size,
+            pp=pp_rank,
+            pp_size=pp_size,
+            tp_size=parallel.tensor_parallel_size,
+            ep=get_ep_group().rank_in_group if ep else 0,
+            ep_size=get_ep_group().world_size if ep else 1,
+            eplb=parallel.enable_eplb,
+        ),
+        hostname=hostname,
+        platform=vllm_config.device_config.device.type,
+        enforce_eager=model_config.enforce_eager,
+        prefix_caching=bool(vllm_config.cache_config.enable_prefix_caching),
+        log_path=path,
+        mode=config.mode,
+        counts_path=counts_path,
+        sample=config.sample,
+    )
     session = RouteLogSession(
         replace(config, path=path),
-        meta,
+        header_fields(run),
         rows=vllm_config.scheduler_config.max_num_batched_tokens,
         num_layers=len(layers),
         top_k=first_layer.top_k,
@@ -255,19 +247,13 @@ def end_pass(pass_) -> None:
     """Log the forward pass ``pass_`` (``adapters.passes.Pass``) that just ran."""
     if _session is None:
         return
-    began = time.perf_counter()
-    # routes mode queues these for the drain thread: copies, as the runner reuses its
-    # buffers; counts mode only sums them now, and needs no request ids
-    queued = _session.mode == "routes"
-    keep = np.copy if queued else np.asarray
     _session.end_step(
-        pass_.req_ids if queued else [],
-        keep(pass_.tokens_per_req),
-        keep(pass_.prompt_lens),
+        pass_.req_ids,
+        pass_.tokens_per_req,
+        pass_.prompt_lens,
         pass_.positions,
         pass_.input_ids,
     )
-    _session.end_step_s += time.perf_counter() - began
 
 
 def _check_supported(vllm_config) -> None:

@@ -1,12 +1,18 @@
-"""The route log's JSONL format: the one place where its lines are written.
+"""The route log's JSONL format: the one place where the shape of every line is set.
 
-Line 1 is a header (``"type": "meta"``), then one ``"type": "route"`` line per
-(token, logged layer), then, on a clean shutdown, a trailer (``"type": "end"``).
-A ``"type": "request"`` line (its prompt length) comes before the route lines of a
-request whenever that request was not in the previous logged pass, so every
-route line can be told prefill (``pos < prompt_len``) or decode.
-Route lines are encoded in bulk with numpy (no per-line Python), because a
-24-layer log of a busy engine runs to millions of lines a minute.
+Line 1 is a header (``"type": "meta"``, ``header_fields``), then one
+``"type": "route"`` line per (token, logged layer), then, on a clean shutdown, a
+trailer (``"type": "end"``, ``trailer_fields``). A ``"type": "request"`` line (its
+prompt length) comes before the route lines of a request whenever that request
+was not in the previous logged pass, so every route line can be told prefill
+(``pos < prompt_len``) or decode. Counts mode writes a ``"type": "counts"`` line
+per window (``counts_line``); the run-time controls a ``"type": "control"`` line
+(``control_line``). Route lines are encoded in bulk with numpy (no per-line
+Python), because a 24-layer log of a busy engine runs to millions of lines a minute.
+
+The engine process builds the header, counts and control lines and its part of
+the trailer as dicts and sends them to the writer process, which writes them
+(``header_line``, ``json_line``, ``trailer_line``) in order with the route lines.
 
 Pure Python + numpy: no torch, no vLLM (the writer process imports it alone).
 """
@@ -14,13 +20,19 @@ Pure Python + numpy: no torch, no vLLM (the writer process imports it alone).
 from __future__ import annotations
 
 import json
+import os
+import time
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .naming import model_display_name
+
 SCHEMA_VERSION = 3
 WEIGHT_DECIMALS = 6  # router weights are written rounded to this many decimals
+_DECIMALS = 6  # of times and weight sums in counts lines, and of the engine's trailer timings
 
 # Lines are assembled in a byte matrix, one row per line, and padding bytes are
 # squeezed out at the end. JSON text never contains a NUL byte (json.dumps
@@ -29,13 +41,181 @@ _PAD = 0
 _LINES_PER_BLOCK = 65536  # bounds the byte matrix to ~15 MB
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """Where the logging process sits in the engine's parallel layout (the header's
+    ``ranks``). Only tensor-parallel rank 0 logs, so ``tp`` is always 0."""
+
+    dp: int
+    dp_size: int
+    pp: int
+    pp_size: int
+    tp_size: int
+    ep: int
+    ep_size: int
+    eplb: bool
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the header records about one logging process's run, as the engine knows it."""
+
+    vllm_version: str
+    model_id: str
+    seed: int | None
+    run_label: str | None  # VLLM_LOG_MOE_REQ_ID (the header's req_id)
+    run_id: str
+    layers: list[int]  # logged by this process
+    layer_choice: str  # which rule chose them
+    num_layers: int  # decoder layers of the model
+    moe_layers: list[int]  # this process's MoE layers
+    num_experts: int
+    top_k: int
+    routing: dict  # routing.describe
+    ranks: Ranks
+    hostname: str
+    platform: str
+    enforce_eager: bool
+    prefix_caching: bool
+    log_path: str
+    mode: str
+    counts_path: str  # where counts are made: in_graph or end_of_pass
+    sample: float
+    pid: int = field(default_factory=os.getpid)
+    created: str = field(default_factory=_utc_now)
+
+
+def header_fields(run: RunFacts) -> dict:
+    """The header's fields in their order (the writer adds ``type``, ``schema`` and, once
+    started, the engine ``writer_pid``)."""
+    return {
+        "vllm_version": run.vllm_version,
+        "model_id": run.model_id,
+        "model_name": model_display_name(run.model_id),
+        "seed": run.seed,
+        "req_id": run.run_label,
+        "run_id": run.run_id,
+        "layers": run.layers,
+        "layer_choice": run.layer_choice,
+        "num_layers": run.num_layers,
+        "moe_layers": run.moe_layers,
+        "num_experts": run.num_experts,
+        "top_k": run.top_k,
+        "routing": run.routing,
+        "expert_ids": "logical",
+        "weights_decimals": WEIGHT_DECIMALS,
+        "ranks": {
+            "dp": run.ranks.dp,
+            "dp_size": run.ranks.dp_size,
+            "pp": run.ranks.pp,
+            "pp_size": run.ranks.pp_size,
+            "tp": 0,
+            "tp_size": run.ranks.tp_size,
+            "ep": run.ranks.ep,
+            "ep_size": run.ranks.ep_size,
+            "eplb": run.ranks.eplb,
+        },
+        "hostname": run.hostname,
+        "pid": run.pid,
+        "created": run.created,
+        "platform": run.platform,
+        "enforce_eager": run.enforce_eager,
+        "prefix_caching": run.prefix_caching,
+        "log_path": run.log_path,
+        "mode": run.mode,
+        "counts_path": run.counts_path,
+        "sample": run.sample,
+    }
+
+
 def header_line(meta: dict) -> bytes:
     """The first line of a log: ``meta`` plus ``type`` and ``schema``."""
     return _json_line({"type": "meta", "schema": SCHEMA_VERSION, **meta})
 
 
+def counts_line(
+    *,
+    t_start: float,
+    t_end: float,
+    steps: int,
+    tokens: int,
+    prefill_tokens: int,
+    layers: list[int],
+    counts: np.ndarray,
+    weight_sums: np.ndarray,
+) -> dict:
+    """One window of counts mode: per logged layer and expert, the tokens that chose it
+    (``counts``) and the sum of their weights, over ``steps`` passes."""
+    return {
+        "type": "counts",
+        "t_start": round(t_start, _DECIMALS),
+        "t_end": round(t_end, _DECIMALS),
+        "steps": steps,
+        "tokens": tokens,
+        "prefill_tokens": prefill_tokens,
+        "layers": layers,
+        "counts": counts.tolist(),
+        "weight_sums": np.round(weight_sums, _DECIMALS).tolist(),
+    }
+
+
+def control_line(action: str, t: float, step: int) -> dict:
+    """A run-time control (start, stop) at time ``t``, after pass ``step``."""
+    return {"type": "control", "action": action, "t": t, "step": step}
+
+
+def trailer_engine_fields(
+    *, steps: int, wait_s: float, waits: int, end_step_s: float, drain_cpu_s: float
+) -> dict:
+    """The engine's part of the trailer: passes recorded and its self-profile (the
+    engine thread's waits for a free slot and time in ``end_step``, the drain's CPU)."""
+    return {
+        "steps": steps,
+        "engine_wait_s": round(wait_s, _DECIMALS),
+        "engine_waits": waits,
+        "end_step_s": round(end_step_s, _DECIMALS),
+        "drain_cpu_s": round(drain_cpu_s, _DECIMALS),
+    }
+
+
+def trailer_fields(
+    engine: dict,
+    *,
+    lines: int,
+    tokens: int,
+    buffer_peak_bytes: int,
+    buffer_full_waits: int,
+    encoders: int,
+    cpu_s: float,
+    part: int | None = None,
+) -> dict:
+    """A cleanly closed log's trailer: the engine's fields, then the writer's account
+    (route lines and tokens in this file, its buffer, encoders, CPU time)."""
+    fields = {
+        **engine,
+        "lines": lines,
+        "tokens": tokens,
+        "writer_buffer_peak_mb": round(buffer_peak_bytes / 2**20, 3),
+        "writer_buffer_full_waits": buffer_full_waits,
+        "writer_encoders": encoders,
+        "writer_cpu_s": round(cpu_s, 3),
+    }
+    if part is not None:
+        fields["part"] = part
+    return fields
+
+
+def rotated_trailer_fields(part: int, lines: int, tokens: int) -> dict:
+    """The trailer of a part the log rotated away from (its route lines and tokens)."""
+    return {"reason": "rotated", "part": part, "lines": lines, "tokens": tokens}
+
+
 def trailer_line(stats: dict) -> bytes:
-    """The last line of a cleanly closed log."""
+    """The last line of a cleanly closed log (or part)."""
     return _json_line({"type": "end", **stats})
 
 

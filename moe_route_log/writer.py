@@ -189,7 +189,7 @@ class _LogFiles:
         """Close this part with a trailer; open the next one with ``header``."""
         self.write(
             log_format.trailer_line(
-                {"reason": "rotated", "part": self.part, "lines": self.lines, "tokens": self.tokens}
+                log_format.rotated_trailer_fields(self.part, self.lines, self.tokens)
             )
         )
         self._file.close()
@@ -271,17 +271,16 @@ def run(
                 files.write(log_format.json_line(wire.decode_json(payload)))
                 rotate_if_full()
             elif kind == wire.CLOSE:
-                stats = wire.decode_json(payload)
-                stats.update(
+                stats = log_format.trailer_fields(
+                    wire.decode_json(payload),
                     lines=files.lines,
                     tokens=files.tokens,
-                    writer_buffer_peak_mb=round(frames.peak / 2**20, 3),
-                    writer_buffer_full_waits=frames.full_waits,
-                    writer_encoders=encoders,
-                    writer_cpu_s=round(sum(os.times()[:2]), 3),
+                    buffer_peak_bytes=frames.peak,
+                    buffer_full_waits=frames.full_waits,
+                    encoders=encoders,
+                    cpu_s=sum(os.times()[:2]),
+                    part=files.part if max_bytes is not None else None,
                 )
-                if max_bytes is not None:
-                    stats.update(part=files.part)
                 files.write(log_format.trailer_line(stats))
                 closed = True
                 break

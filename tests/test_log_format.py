@@ -145,3 +145,117 @@ def test_request_lines():
         {"type": "request", "step": 4, "req_id": "0-ab", "prompt_len": 17},
         {"type": "request", "step": 4, "req_id": 'q"-1', "prompt_len": 3},
     ]
+
+
+def test_header_fields_put_the_runs_facts_in_the_header_order():
+    ranks = log_format.Ranks(
+        dp=1, dp_size=2, pp=0, pp_size=1, tp_size=4, ep=3, ep_size=8, eplb=True
+    )
+    run = log_format.RunFacts(
+        vllm_version="0.15.1",
+        model_id="/models/tiny-moe/",
+        seed=7,
+        run_label=None,
+        run_id="run-1",
+        layers=[0, 2],
+        layer_choice="VLLM_LOG_MOE_LAYER='0,2'",
+        num_layers=4,
+        moe_layers=[0, 1, 2, 3],
+        num_experts=8,
+        top_k=2,
+        routing={"scoring": "softmax"},
+        ranks=ranks,
+        hostname="node-a",
+        platform="cuda",
+        enforce_eager=False,
+        prefix_caching=True,
+        log_path="/logs/r.node-a.dp1-pp0.jsonl",
+        mode="counts",
+        counts_path="in_graph",
+        sample=0.5,
+        pid=4321,
+        created="2026-12-06T20:00:00Z",
+    )
+    assert list(log_format.header_fields(run).items()) == [
+        ("vllm_version", "0.15.1"),
+        ("model_id", "/models/tiny-moe/"),
+        ("model_name", "tiny-moe"),
+        ("seed", 7),
+        ("req_id", None),
+        ("run_id", "run-1"),
+        ("layers", [0, 2]),
+        ("layer_choice", "VLLM_LOG_MOE_LAYER='0,2'"),
+        ("num_layers", 4),
+        ("moe_layers", [0, 1, 2, 3]),
+        ("num_experts", 8),
+        ("top_k", 2),
+        ("routing", {"scoring": "softmax"}),
+        ("expert_ids", "logical"),
+        ("weights_decimals", 6),
+        (
+            "ranks",
+            {
+                "dp": 1,
+                "dp_size": 2,
+                "pp": 0,
+                "pp_size": 1,
+                "tp": 0,
+                "tp_size": 4,
+                "ep": 3,
+                "ep_size": 8,
+                "eplb": True,
+            },
+        ),
+        ("hostname", "node-a"),
+        ("pid", 4321),
+        ("created", "2026-12-06T20:00:00Z"),
+        ("platform", "cuda"),
+        ("enforce_eager", False),
+        ("prefix_caching", True),
+        ("log_path", "/logs/r.node-a.dp1-pp0.jsonl"),
+        ("mode", "counts"),
+        ("counts_path", "in_graph"),
+        ("sample", 0.5),
+    ]
+
+
+def test_counts_and_control_lines_round_times_and_sums_to_six_decimals():
+    line = log_format.counts_line(
+        t_start=1.23456789,
+        t_end=2.5,
+        steps=3,
+        tokens=10,
+        prefill_tokens=4,
+        layers=[5],
+        counts=np.array([[7, 0, 3]]),
+        weight_sums=np.array([[1.00000049, 0.0, 2.1234567]]),
+    )
+    assert log_format.json_line(line) == (
+        b'{"type":"counts","t_start":1.234568,"t_end":2.5,"steps":3,"tokens":10,'
+        b'"prefill_tokens":4,"layers":[5],"counts":[[7,0,3]],"weight_sums":[[1.0,0.0,2.123457]]}\n'
+    )
+    assert log_format.json_line(log_format.control_line("stop", 12.5, 9)) == (
+        b'{"type":"control","action":"stop","t":12.5,"step":9}\n'
+    )
+
+
+def test_trailer_has_the_engines_fields_then_the_writers():
+    engine = log_format.trailer_engine_fields(
+        steps=12, wait_s=0.0123456789, waits=2, end_step_s=1.5, drain_cpu_s=0.25
+    )
+    fields = dict(lines=30, tokens=10, buffer_peak_bytes=3 * 2**19, buffer_full_waits=1)
+    assert log_format.trailer_line(
+        log_format.trailer_fields(engine, **fields, encoders=2, cpu_s=0.98765)
+    ) == (
+        b'{"type":"end","steps":12,"engine_wait_s":0.012346,"engine_waits":2,"end_step_s":1.5,'
+        b'"drain_cpu_s":0.25,"lines":30,"tokens":10,"writer_buffer_peak_mb":1.5,'
+        b'"writer_buffer_full_waits":1,"writer_encoders":2,"writer_cpu_s":0.988}\n'
+    )
+    last_part = log_format.trailer_fields(engine, **fields, encoders=1, cpu_s=0.0, part=3)
+    assert list(last_part)[-1] == "part" and last_part["part"] == 3
+    assert log_format.rotated_trailer_fields(2, 40, 20) == {
+        "reason": "rotated",
+        "part": 2,
+        "lines": 40,
+        "tokens": 20,
+    }

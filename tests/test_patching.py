@@ -28,7 +28,7 @@ def pristine(wheel) -> dict[str, str]:
 
 
 def fake_vllm(root: Path, pristine: dict[str, str], version="0.15.1") -> patching.Installed:
-    """A vLLM tree with the three pristine files, as site-packages would hold it."""
+    """A vLLM tree with the pristine files of PATCHED_FILES, as site-packages would hold it."""
     for path, text in pristine.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)

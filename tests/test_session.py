@@ -17,7 +17,8 @@ from moe_profiler import routes
 from moe_route_log import control
 from moe_route_log.envs import read_config
 from moe_route_log.recorder import LayerRecorder
-from moe_route_log.session import RouteLogSession, _prefill_tokens
+from moe_route_log.session import RouteLogSession
+from moe_route_log.window import prefill_tokens
 
 LAYERS, EXPERTS, TOP_K, ROWS = [3, 5], 8, 2, 32
 
@@ -129,6 +130,16 @@ def test_start_off_records_nothing_until_started(tmp_path):
     assert s.dump()["counts"] == bincount(ids)
     lines = lines_of(s, tmp_path / "log.jsonl")
     assert {r["step"] for r in lines if r["type"] == "route"} == {1}
+
+
+def test_vllm_log_moe_encoders_sets_the_writers_encoder_processes(tmp_path):
+    s = make_session(tmp_path, VLLM_LOG_MOE_ENCODERS="2")
+    ids = np.concatenate([run_pass(s, np.random.default_rng(6)) for _ in range(3)])
+    lines = lines_of(s, tmp_path / "log.jsonl")
+    assert lines[-1]["type"] == "end" and lines[-1]["writer_encoders"] == 2
+    route_lines = [r for r in lines if r["type"] == "route"]
+    assert len(route_lines) == lines[-1]["lines"] == len(ids) * len(LAYERS)
+    assert [r["experts"] for r in route_lines] == ids.reshape(-1, TOP_K).tolist()
 
 
 def in_graph_pass(
@@ -255,12 +266,12 @@ def test_merged_answers_are_sglang_logical_counts(tmp_path):
 def test_prefill_tokens_of_a_pass():
     # request 1: positions 5..9 of a 7-token prompt (2 prefill); request 2: decode; 3: all prompt
     assert (
-        _prefill_tokens(
+        prefill_tokens(
             np.array([5, 1, 3]), np.array([7, 4, 10]), np.array([5, 6, 7, 8, 9, 30, 0, 1, 2])
         )
         == 2 + 0 + 3
     )
-    assert _prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
+    assert prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
     # requests without rows this pass (first, middle, last) count nothing
     tokens, prompts = np.array([0, 2, 0, 1, 0]), np.array([9, 5, 9, 3, 9])
-    assert _prefill_tokens(tokens, prompts, np.array([3, 4, 8])) == 2 + 0
+    assert prefill_tokens(tokens, prompts, np.array([3, 4, 8])) == 2 + 0
