@@ -46,10 +46,10 @@ def fake_runner():
     batch = types.SimpleNamespace(
         req_ids=[f"req-{i}" for i in range(128)],
         num_prompt_tokens=np.full(128, PROMPT_LEN, np.int32),
+        num_computed_tokens_cpu=np.arange(128, dtype=np.int32) + PROMPT_LEN,  # decodes
     )
     return types.SimpleNamespace(
         input_batch=batch,
-        positions=types.SimpleNamespace(np=np.arange(512, dtype=np.int64) + PROMPT_LEN),
         input_ids=types.SimpleNamespace(gpu=torch.zeros(512, dtype=torch.int32)),
     )
 

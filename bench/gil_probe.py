@@ -105,11 +105,12 @@ def alone(work: Path, passes: int = 3000) -> dict:
     session = RouteLogSession(read_config(), meta, 512, 2, 4, 8, torch.device("cpu"))
     session._counts.add = lambda rows, input_ids=None: None
     batch = types.SimpleNamespace(
-        req_ids=[f"req-{i}" for i in range(128)], num_prompt_tokens=np.full(128, 100, np.int32)
+        req_ids=[f"req-{i}" for i in range(128)],
+        num_prompt_tokens=np.full(128, 100, np.int32),
+        num_computed_tokens_cpu=np.arange(128, dtype=np.int32) + 100,  # decodes
     )
     runner = types.SimpleNamespace(
         input_batch=batch,
-        positions=types.SimpleNamespace(np=np.arange(512, dtype=np.int64) + 100),
         input_ids=types.SimpleNamespace(gpu=torch.zeros(512, dtype=torch.int32)),
     )
     tokens_per_req = np.ones(100, np.int32)

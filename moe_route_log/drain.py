@@ -31,6 +31,7 @@ import torch
 from vllm.logger import init_logger
 
 from . import log_format, wire
+from .adapters.passes import positions as row_positions
 from .envs import LogConfig
 from .log_format import is_sampled
 from .messages import (
@@ -209,8 +210,8 @@ class HostDrain:
     def _size(self, message: PassStaged) -> tuple[int, int]:
         """How many staged ints the pass has: its routes, then all with token ids."""
         layers, top_k = self._shape
-        packed = layers * len(message.positions) * 2 * top_k
-        return packed, packed + len(message.positions)
+        packed = layers * message.rows * 2 * top_k
+        return packed, packed + message.rows
 
     def _send_pass(self, message: PassStaged) -> None:
         """Wait for the pass's copy, send its routes to the writer, free its slot."""
@@ -219,14 +220,14 @@ class HostDrain:
             slot.copied.synchronize()
         if not self.broken:
             layers, top_k = self._shape
-            rows, (packed, size) = len(message.positions), self._size(message)
+            rows, (packed, size) = message.rows, self._size(message)
             data = slot.data.numpy()
             frame = wire.routes_frame(
                 message.step,
                 message.req_ids,
                 message.tokens_per_req,
                 message.prompt_lens,
-                message.positions,
+                row_positions(message.first_positions, message.tokens_per_req),
                 data[packed:size],
                 data[:packed],
                 (rows, layers, top_k),

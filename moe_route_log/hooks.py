@@ -251,7 +251,7 @@ def end_pass(pass_) -> None:
         pass_.req_ids,
         pass_.tokens_per_req,
         pass_.prompt_lens,
-        pass_.positions,
+        pass_.first_positions,
         pass_.input_ids,
     )
 

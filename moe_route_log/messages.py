@@ -29,7 +29,8 @@ class PassStaged:
     req_ids: list[str]
     tokens_per_req: np.ndarray
     prompt_lens: np.ndarray
-    positions: np.ndarray
+    first_positions: np.ndarray  # per request; rows are expanded when the pass is written
+    rows: int
 
 
 @dataclass(slots=True)

@@ -105,23 +105,24 @@ class RouteLogSession:
         req_ids: Sequence[str],
         tokens_per_req: np.ndarray,
         prompt_lens: np.ndarray,
-        positions: np.ndarray,
+        first_positions: np.ndarray,
         input_ids: torch.Tensor,
     ) -> None:
         """Record the forward pass that just ran: ``tokens_per_req[i]`` rows of request
-        ``req_ids[i]`` (prompt length ``prompt_lens[i]``), at ``positions``.
+        ``req_ids[i]`` (prompt length ``prompt_lens[i]``), at positions
+        ``first_positions[i]``, ``first_positions[i] + 1``, ...
 
         The runner's own buffers may be passed as they are: only the first
-        ``len(tokens_per_req)`` requests and ``tokens_per_req.sum()`` positions are read,
-        and what is kept past the call is copied. ``input_ids`` is the pass's input
-        buffer on the device: under asynchronous scheduling the ids of decode tokens
-        exist only there.
+        ``len(tokens_per_req)`` requests are read, and what is kept past the call is
+        copied (the drain expands the rows' positions, off this thread). ``input_ids`` is
+        the pass's input buffer on the device: under asynchronous scheduling the ids of
+        decode tokens exist only there.
         """
         if not self.recording or self._closed:
             return
         began = time.perf_counter()
         reqs, rows = len(tokens_per_req), int(tokens_per_req.sum())
-        prompt_lens, positions = prompt_lens[:reqs], positions[:rows]
+        prompt_lens, first_positions = prompt_lens[:reqs], first_positions[:reqs]
         self.steps += 1
         if self._counts.staging and not self._drain.broken:
             index = self._free_slots.take()
@@ -135,12 +136,13 @@ class RouteLogSession:
                     list(req_ids[:reqs]),
                     np.copy(tokens_per_req),
                     np.copy(prompt_lens),
-                    np.copy(positions),
+                    np.copy(first_positions),
+                    rows,
                 )
             )
         elif self.counter is None or self.counter.take_uncounted():
             self._counts.add(rows)  # graphs counted in-graph passes; the rest count here
-        prefill = prefill_tokens(tokens_per_req, prompt_lens, positions)
+        prefill = prefill_tokens(tokens_per_req, prompt_lens, first_positions)
         if self._window.add_pass(rows, prefill, self._interval_s):
             self._cut_window()
         self.end_step_s += time.perf_counter() - began

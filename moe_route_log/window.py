@@ -50,14 +50,10 @@ class OpenWindow:
 
 
 def prefill_tokens(
-    tokens_per_req: np.ndarray, prompt_lens: np.ndarray, positions: np.ndarray
+    tokens_per_req: np.ndarray, prompt_lens: np.ndarray, first_positions: np.ndarray
 ) -> int:
-    """How many of the pass's rows are prompt tokens (position < the prompt's length).
+    """How many of the pass's rows are prompt tokens (position < the prompt's length):
+    a request's rows from ``first_positions[i]`` on, as many as are below its prompt length.
 
-    Runs on the engine thread after every pass: few numpy calls, no masks (a request
-    with no rows gets some other row's position, and min(..., 0) makes it count 0)."""
-    if not len(positions):
-        return 0
-    starts = np.cumsum(tokens_per_req) - tokens_per_req
-    first = positions[np.minimum(starts, len(positions) - 1)]
-    return int(np.minimum(np.maximum(prompt_lens - first, 0), tokens_per_req).sum())
+    Runs on the engine thread after every pass: three numpy calls, no masks."""
+    return int(np.minimum(np.maximum(prompt_lens - first_positions, 0), tokens_per_req).sum())

@@ -81,6 +81,7 @@ def test_a_v1_pass_is_read_from_the_input_batch_and_query_start_loc():
     assert got.req_ids == ["a-1", "b-2"]
     assert got.tokens_per_req.tolist() == [3, 1]
     assert got.prompt_lens.tolist() == [5, 4]
+    assert got.first_positions.tolist() == [0, 9]
     assert got.positions.tolist() == [0, 1, 2, 9]
     assert got.input_ids is runner.input_ids.gpu
     assert passes.token_count_source(runner) is runner.query_start_loc.gpu
@@ -115,6 +116,7 @@ def test_a_v2_pass_is_read_from_the_execute_model_state_and_the_request_states()
     assert got.req_ids == ["x-1", "y-2"]
     assert got.tokens_per_req.tolist() == [2, 1]
     assert got.prompt_lens.tolist() == [40, 7]  # by request state slot
+    assert got.first_positions.tolist() == [4, 30]
     assert got.positions.tolist() == [4, 5, 30]
     assert got.input_ids is runner.execute_model_state.input_batch.input_ids
     assert passes.token_count_source(runner)[-1] == 3

@@ -49,12 +49,11 @@ def run_pass(session, rng, reqs=(("a-1", 5, 0, 7), ("b-2", 1, 40, 12))) -> np.nd
     session.buffers.expert_ids[:, :rows] = torch.from_numpy(ids.astype(np.int32)).transpose(0, 1)
     session.buffers.weights[:, :rows] = 0.25
     session.buffers.expert_ids[:, rows:] = 7  # padding rows: never counted
-    positions = np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs])
     session.end_step(
         [r[0] for r in reqs],
         np.array([r[1] for r in reqs]),
         np.array([r[3] for r in reqs]),
-        positions,
+        np.array([r[2] for r in reqs]),
         torch.arange(ROWS, dtype=torch.int32) + 100,
     )
     return ids
@@ -168,7 +167,7 @@ def runner_end_step(session, reqs) -> None:
         [r[0] for r in reqs],
         np.array([r[1] for r in reqs]),
         np.array([r[3] for r in reqs]),
-        np.concatenate([np.arange(r[2], r[2] + r[1]) for r in reqs]),
+        np.array([r[2] for r in reqs]),
         torch.arange(ROWS, dtype=torch.int32),
     )
 
@@ -265,13 +264,8 @@ def test_merged_answers_are_sglang_logical_counts(tmp_path):
 
 def test_prefill_tokens_of_a_pass():
     # request 1: positions 5..9 of a 7-token prompt (2 prefill); request 2: decode; 3: all prompt
-    assert (
-        prefill_tokens(
-            np.array([5, 1, 3]), np.array([7, 4, 10]), np.array([5, 6, 7, 8, 9, 30, 0, 1, 2])
-        )
-        == 2 + 0 + 3
-    )
+    assert prefill_tokens(np.array([5, 1, 3]), np.array([7, 4, 10]), np.array([5, 30, 0])) == 2 + 3
     assert prefill_tokens(np.array([], dtype=int), np.array([], dtype=int), np.array([])) == 0
     # requests without rows this pass (first, middle, last) count nothing
     tokens, prompts = np.array([0, 2, 0, 1, 0]), np.array([9, 5, 9, 3, 9])
-    assert prefill_tokens(tokens, prompts, np.array([3, 4, 8])) == 2 + 0
+    assert prefill_tokens(tokens, prompts, np.array([1, 3, 2, 4, 8])) == 2 + 0

