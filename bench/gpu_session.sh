@@ -23,6 +23,8 @@
 #   bash bench/gpu_session.sh plugin            (0.34.0) the plugin again into /tmp/plugin (setup
 #                                               does it): after a change to the logger
 #   bash bench/gpu_session.sh env               which bundle, PYTHONPATH and vLLM a step runs with
+#   bash bench/gpu_session.sh smoke OUT MODEL   plugin_smoke.py: one logging engine on /tmp/MODEL,
+#                                               its route lines checked against the tokens run
 #   bash bench/gpu_session.sh micro OUT [recorder]
 #                                               recorder_bench.py (device/host cost per piece)
 #                                               and writer_bench.py (the writer's ceiling;
@@ -154,6 +156,17 @@ case "${1:-}" in
     echo "PYTHONPATH=$PYTHONPATH"
     python3 -c 'import vllm; print("vllm", vllm.__version__, "from", vllm.__file__)'
     ;;
+  smoke)
+    activate
+    out=$2 model=$3
+    mkdir -p "$out"
+    CUDA_VISIBLE_DEVICES=0 python3 bench/plugin_smoke.py --model-dir "/tmp/$model" \
+      >"$out/smoke-$model.log" 2>&1
+    echo "== smoke $model: exit status $?"
+    grep -E '^\{' "$out/smoke-$model.log" | tail -2
+    tail -4 "$out/smoke-$model.log" | grep -v '^{'
+    free_gpus
+    ;;
   micro)
     activate
     out=$2
@@ -183,7 +196,7 @@ case "${1:-}" in
     out=$2
     mkdir -p "$out"
     python3 bench/family_bench.py run --families "$3" --modes "${4:-routes}" --out /tmp/families \
-      >"$out/families.log" 2>&1
+      --wave-timeout "${WAVE_TIMEOUT:-240}" >"$out/families.log" 2>&1
     echo "== families $3: exit status $?"
     tail -15 "$out/families.log"
     tar -czf "$out/families.tar.gz" -C /tmp families

@@ -27,6 +27,8 @@ SCRIPTS = [
     "bench/parse_bench.py",
     "bench/report_bench.py",
     "bench/reader_alternatives.py",
+    "bench/native_capture.py",
+    "bench/plugin_smoke.py",
 ]
 COMMANDS = [["-m", "moe_profiler.cli"], ["-m", "moe_profiler.cli", "plot"]]
 COMMANDS += [["-m", "moe_profiler.cli", "export"]]
