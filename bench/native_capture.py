@@ -173,8 +173,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the three files")
     p.add_argument("--requests", type=int, default=8, help="completions (plus 2 chats)")
     p.add_argument("--mem", type=float, default=0.3, help="gpu_memory_utilization")
-    p.add_argument("--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl")
-    p.add_argument("--port", type=int, default=8300)
+    p.add_argument(
+        "--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl", help="GSM8K test JSONL"
+    )
+    p.add_argument("--port", type=int, default=8300, help="the server's port (%(default)s)")
     args = p.parse_args()
     from moe_profiler import prompts
 

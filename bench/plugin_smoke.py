@@ -32,8 +32,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=64, help="GSM8K prompts (%(default)s)")
     p.add_argument("--tokens", type=int, default=32, help="tokens per prompt (%(default)s)")
     p.add_argument("--mem", type=float, default=0.5, help="gpu_memory_utilization")
-    p.add_argument("--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl")
-    p.add_argument("--log", type=Path, default=Path("/tmp/plugin-smoke.jsonl"))
+    p.add_argument(
+        "--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl", help="GSM8K test JSONL"
+    )
+    p.add_argument(
+        "--log", type=Path, default=Path("/tmp/plugin-smoke.jsonl"), help="the route log"
+    )
     args = p.parse_args()
     os.environ.update(VLLM_LOG_MOE=str(args.log), VLLM_LOG_MOE_LAYER="all")
     from overhead_bench import _computed_tokens, check_log
