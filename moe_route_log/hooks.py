@@ -34,6 +34,7 @@ import atexit
 import multiprocessing.util
 import socket
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -91,12 +92,6 @@ def on_model_loaded(
     global _session, _warmed_up
     from dataclasses import replace
 
-    from vllm.distributed import get_tensor_model_parallel_rank
-    from vllm.distributed.parallel_state import get_dp_group, get_ep_group, get_pp_group
-
-    from . import routing
-    from .adapters import moe_layers as layer_views
-    from .recorder import LayerRecorder
     from .session import RouteLogSession
 
     if model_config is not None and model_config is not vllm_config.model_config:
@@ -107,6 +102,54 @@ def on_model_loaded(
     if config is None:
         return
     _check_supported(vllm_config)
+    plan = _plan(model, vllm_config, config)
+    if plan is None:
+        return  # tensor-parallel peers route the same tokens: rank 0 logs them
+    _check_layers(plan, vllm_config, plugin=install_tap is not None)
+    counts_path, n_real_source = _counts_path(config, vllm_config, plan.ranks.dp_size)
+    session = RouteLogSession(
+        replace(config, path=plan.path),
+        header_fields(_run_facts(plan, config, vllm_config, counts_path)),
+        rows=vllm_config.scheduler_config.max_num_batched_tokens,
+        num_layers=len(plan.layers),
+        top_k=plan.first_layer.top_k,
+        num_experts=plan.first_layer.num_experts,
+        device=vllm_config.device_config.device,
+        n_real_source=n_real_source,
+    )
+    _install_recorders(plan, session, install_tap)
+    _register_compile_factor(plan.layers, counts_path)
+    atexit.register(session.close)
+    multiprocessing.util.Finalize(None, session.close, exitpriority=100)
+    _session = session
+    _refresh_active()
+
+
+@dataclass
+class _Plan:
+    """What this process logs: its share of the chosen layers, and where."""
+
+    moe_layers: dict  # layer id -> adapters.moe_layers.MoELayer: this stage's
+    layers: list[int]  # the logged layers this process holds
+    layer_choice: str  # why those (the header's layer_choice)
+    ranks: Ranks
+    hostname: str
+    path: str  # this process's log file
+    blocks: dict  # id(layer module) -> the model's MoE block holding it
+
+    @property
+    def first_layer(self):
+        return self.moe_layers[self.layers[0]]
+
+
+def _plan(model: torch.nn.Module, vllm_config, config: LogConfig) -> _Plan | None:
+    """The logged layers this process holds, its ranks and its file (None: it logs none)."""
+    from vllm.distributed import get_tensor_model_parallel_rank
+    from vllm.distributed.parallel_state import get_dp_group, get_ep_group, get_pp_group
+
+    from . import routing
+    from .adapters import moe_layers as layer_views
+
     parallel = vllm_config.parallel_config
     num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
     moe_layers = layer_views.find(model)
@@ -116,85 +159,92 @@ def on_model_loaded(
     chosen, layer_choice = config.choose_layers(num_layers, all_moe_layers)
     layers = [i for i in chosen if i in moe_layers]  # this pipeline stage's share
     if get_tensor_model_parallel_rank() != 0 or not layers:
-        return  # tensor-parallel peers route the same tokens: rank 0 logs them
-    dp_rank, dp_size = get_dp_group().rank_in_group, parallel.data_parallel_size
+        return None
+    ep = parallel.enable_expert_parallel
+    ranks = Ranks(
+        dp=get_dp_group().rank_in_group,
+        dp_size=parallel.data_parallel_size,
+        pp=pp_rank,
+        pp_size=pp_size,
+        tp_size=parallel.tensor_parallel_size,
+        ep=get_ep_group().rank_in_group if ep else 0,
+        ep_size=get_ep_group().world_size if ep else 1,
+        eplb=parallel.enable_eplb,
+    )
     hostname = socket.gethostname()
-    path = rank_log_path(config.path, dp_rank, dp_size, pp_rank, pp_size, hostname)
-    first_layer = moe_layers[layers[0]]
+    path = rank_log_path(config.path, ranks.dp, ranks.dp_size, pp_rank, pp_size, hostname)
     blocks = routing.moe_blocks(model, moe_layers.values())
-    why = routing.unsupported(first_layer, on_cpu=vllm_config.device_config.device.type == "cpu")
+    return _Plan(moe_layers, layers, layer_choice, ranks, hostname, path, blocks)
+
+
+def _check_layers(plan: _Plan, vllm_config, plugin: bool) -> None:
+    """Refuse layers whose routes the logger (or, for the plugin, its taps) cannot place."""
+    from . import routing
+
+    on_cpu = vllm_config.device_config.device.type == "cpu"
+    why = routing.unsupported(plan.first_layer, on_cpu=on_cpu)
     if why:
         raise UnsupportedSetupError(
             f"VLLM_LOG_MOE is set, but route logging does not support {why}"
         )
-    if install_tap is not None:
+    if plugin:
         from .adapters import routing_taps
 
         try:
-            for layer_id in layers:
-                routing_taps.check(moe_layers[layer_id])
+            for layer_id in plan.layers:
+                routing_taps.check(plan.moe_layers[layer_id])
         except routing_taps.UnsupportedLayerError as e:
             raise UnsupportedSetupError(
                 f"VLLM_LOG_MOE is set, but the plugin does not support {e}"
             ) from None
+
+
+def _run_facts(plan: _Plan, config: LogConfig, vllm_config, counts_path: str) -> RunFacts:
+    """The header's facts of this run (log_format.header_fields writes them)."""
+    from . import routing
+
     model_config = vllm_config.model_config
-    counts_path, n_real_source = _counts_path(config, vllm_config, dp_size)
-    ep = parallel.enable_expert_parallel
     model_id = config.model_id or model_config.model
-    run = RunFacts(
+    first = plan.first_layer
+    return RunFacts(
         vllm_version=_vllm_version(),
         model_id=model_id,
         seed=config.seed if config.seed is not None else model_config.seed,
         run_label=config.run_label,
         run_id=config.run_label or vllm_config.instance_id,
-        layers=layers,
-        layer_choice=layer_choice,
-        num_layers=num_layers,
-        moe_layers=sorted(moe_layers),
-        num_experts=first_layer.num_experts,
-        top_k=first_layer.top_k,
-        routing=routing.describe(first_layer, blocks.get(id(first_layer.module))),
-        ranks=Ranks(
-            dp=dp_rank,
-            dp_size=dp_size,
-            pp=pp_rank,
-            pp_size=pp_size,
-            tp_size=parallel.tensor_parallel_size,
-            ep=get_ep_group().rank_in_group if ep else 0,
-            ep_size=get_ep_group().world_size if ep else 1,
-            eplb=parallel.enable_eplb,
-        ),
-        hostname=hostname,
+        layers=plan.layers,
+        layer_choice=plan.layer_choice,
+        num_layers=model_config.hf_text_config.num_hidden_layers,
+        moe_layers=sorted(plan.moe_layers),
+        num_experts=first.num_experts,
+        top_k=first.top_k,
+        routing=routing.describe(first, plan.blocks.get(id(first.module))),
+        ranks=plan.ranks,
+        hostname=plan.hostname,
         platform=vllm_config.device_config.device.type,
         enforce_eager=model_config.enforce_eager,
         prefix_caching=bool(vllm_config.cache_config.enable_prefix_caching),
-        log_path=path,
+        log_path=plan.path,
         mode=config.mode,
         counts_path=counts_path,
         sample=config.sample,
     )
-    session = RouteLogSession(
-        replace(config, path=path),
-        header_fields(run),
-        rows=vllm_config.scheduler_config.max_num_batched_tokens,
-        num_layers=len(layers),
-        top_k=first_layer.top_k,
-        num_experts=first_layer.num_experts,
-        device=vllm_config.device_config.device,
-        n_real_source=n_real_source,
-    )
-    for slot, layer_id in enumerate(layers):
-        layer = moe_layers[layer_id]
-        scale = routing.weight_scale(layer, blocks.get(id(layer.module)))
-        recorder = LayerRecorder(layer, session.buffers, slot, dp_rank, scale, session.counter)
+
+
+def _install_recorders(plan: _Plan, session, install_tap) -> None:
+    """Give each logged layer its recorder (and, from the plugin, the tap that calls it)."""
+    from . import routing
+    from .recorder import LayerRecorder
+
+    for slot, layer_id in enumerate(plan.layers):
+        layer = plan.moe_layers[layer_id]
+        scale = routing.weight_scale(layer, plan.blocks.get(id(layer.module)))
+        recorder = LayerRecorder(
+            layer, session.buffers, slot, plan.ranks.dp, scale, session.counter
+        )
         layer.module.moe_route_recorder = recorder  # the patch's insertions call it
         if install_tap is not None:
             install_tap(layer, recorder)
-    _register_compile_factor(layers, counts_path)
-    atexit.register(session.close)
-    multiprocessing.util.Finalize(None, session.close, exitpriority=100)
-    _session = session
-    _refresh_active()
 
 
 def rpc(command: str) -> dict | None:

@@ -23,6 +23,8 @@ from moe_route_log import hooks
 from moe_route_log.adapters import engine_hooks, passes
 from moe_route_log.adapters.when_imported import when_imported
 
+pytestmark = pytest.mark.every_release  # the installed release's runner classes are read
+
 
 def test_the_plugin_imports_nothing_heavy_when_logging_is_off():
     code = """
