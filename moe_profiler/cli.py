@@ -63,14 +63,16 @@ def add_strict_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_plot(args: argparse.Namespace, prog: str = "moe-profiler plot") -> int:
-    from moe_profiler import report
+    from moe_profiler.analysis import usage_summary
 
     try:
-        summary = report.analyze(args.logs, args.out, args.summary, args.strict, args.layer)
+        summary = usage_summary.summarize_expert_usage(
+            args.logs, args.out, args.summary, args.strict, args.layer
+        )
     except (routes.RouteLogError, OSError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    print(report.table(summary))
+    print(usage_summary.usage_table(summary))
     print(f"wrote {args.out} and {args.summary}")
     return 0
 

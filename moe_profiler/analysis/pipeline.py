@@ -20,8 +20,8 @@ from moe_profiler.analysis import (
     text_view,
     token_experts,
 )
+from moe_profiler.analysis.common import model_label, run_identity
 from moe_profiler.columns import RouteBlock
-from moe_profiler.report import model_label, run_identity
 from moe_profiler.routes import iter_blocks
 
 
@@ -79,9 +79,7 @@ def analyze(specs: list[str], out_dir: Path, options: Options) -> dict:
     load_b = None
     if logs_b:
         layers_b = sorted({x for log in logs_b for x in log.header["layers"]})
-        load_b = load.PhaseLoad(layers_b, header["num_experts"])
-        for block in iter_blocks(logs_b, strict=options.strict, warn=options.warn):
-            load_b.add(block)
+        load_b = load.count_expert_usage(logs_b, strict=options.strict, warn=options.warn)
         analysis["compare"] = {
             "b": {
                 "files": [str(log.path) for log in logs_b],
@@ -110,7 +108,7 @@ class Accumulators:
 
     def __init__(self, layers: list[int], num_experts: int, top_k: int, options: Options) -> None:
         self.options = options
-        self.load = load.PhaseLoad(layers, num_experts)
+        self.load = load.ExpertLoad(layers, num_experts, top_k)
         self.what_if = expert_parallel.ExpertParallelWhatIf(
             layers, num_experts, options.redundant_per_gpu
         )
@@ -159,7 +157,7 @@ class Accumulators:
 
 
 def _figures(
-    analysis: dict, run: Accumulators, load_b: load.PhaseLoad | None, layer: int, title: str
+    analysis: dict, run: Accumulators, load_b: load.ExpertLoad | None, layer: int, title: str
 ) -> dict[str, str]:
     """Every section's figure as a PNG data URI (sections without data get none)."""
     import matplotlib
