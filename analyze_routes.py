@@ -33,6 +33,7 @@ from pathlib import Path
 
 from moe_profiler import routes
 from moe_profiler.analysis import pipeline
+from moe_profiler.analysis.description import OptionError, Options
 
 
 def main() -> int:
@@ -91,7 +92,7 @@ def main() -> int:
     for name in ("top", "min_count", "redundant_per_gpu"):
         if getattr(args, name) < (0 if name == "redundant_per_gpu" else 1):
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: too small")
-    options = pipeline.Options(
+    options = Options(
         tokenizer=args.tokenizer,
         compare=args.compare,
         request=args.request,
@@ -103,8 +104,8 @@ def main() -> int:
         strict=args.strict,
     )
     try:
-        analysis = pipeline.analyze(args.logs, args.out, options)
-    except (routes.RouteLogError, pipeline.OptionError, OSError) as e:
+        analysis = pipeline.write_report(args.logs, args.out, options)
+    except (routes.RouteLogError, OptionError, OSError) as e:
         print(f"analyze_routes.py: {e}", file=sys.stderr)
         return 1
     meta = analysis["meta"]

@@ -15,6 +15,9 @@ import numpy as np
 
 from moe_profiler import routes
 from moe_profiler.analysis.common import LayerRows, shares
+from moe_profiler.analysis.description import Analysis, Finished, Need
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
 from moe_profiler.columns import DECODE, PREFILL, CountsWindow, RouteBlock
 
 PHASES = ("prefill", "decode", "unknown")
@@ -192,3 +195,55 @@ def usage_heatmap(fig, axis, counts: np.ndarray, layers: list[int], title: str) 
     axis.set_yticks(ticks, [str(layers[t]) for t in ticks])
     axis.set_title(title)
     fig.colorbar(image, ax=axis, fraction=0.03, pad=0.01)
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The figure, a table of both phases per layer (tokens, max/mean, hottest experts)."""
+    rows = []
+    for key, phases in done.results["prefill_decode"].items():
+        row = [key]
+        for phase in ("prefill", "decode"):
+            v = phases.get(phase, {})
+            hot = ", ".join(str(h["expert"]) for h in v.get("hottest", []))
+            row += [f"{v.get('tokens', 0):,}", number(v.get("max_over_mean"), 2), hot or "-"]
+        rows.append(row)
+    return (
+        figure_html(
+            figure_uri,
+            "load",
+            f"Top: each expert's share of the choices at layer {done.run.layer}, prefill (blue) "
+            "next to decode (orange), dashed line = every expert equally used; below: every "
+            "logged layer's usage relative to that even share.",
+        )
+        + table(
+            [
+                "layer",
+                "prefill tokens",
+                "prefill max/mean",
+                "prefill hottest",
+                "decode tokens",
+                "decode max/mean",
+                "decode hottest",
+            ],
+            rows,
+        )
+        + note(
+            "max/mean: the hottest expert's load over the mean load (1 = even). Counts, mean "
+            "router weights, entropy and Jain's index per phase: <code>analysis.json</code> → "
+            "<code>prefill_decode</code>, <code>load</code>."
+        )
+    )
+
+
+ANALYSIS = Analysis(
+    key="load",
+    title="Load: prefill and decode",
+    question="Which experts does the model use, and do prompt tokens (prefill) use them "
+    "differently from generated tokens (decode)?",
+    keys=("load", "prefill_decode"),
+    needs=frozenset({Need.EXPERT_COUNTS}),
+    start=lambda run: ExpertLoad(run.layers, run.num_experts, run.top_k),
+    results=lambda load, run: load.result(),
+    figure=lambda done: figure(done.accumulator, done.run.layer, done.run.title),
+    section=section,
+)
