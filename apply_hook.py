@@ -2,9 +2,10 @@
 """Put the MoE route logger into the installed vLLM 0.15.1 (or take it out again).
 
 It writes the same change as vllm-v0.15.1-moe-logger.patch: it adds the package
-vllm/model_executor/layers/fused_moe/moe_route_log/ and a few lines to three
-vLLM files (layer.py, gpu_model_runner.py, base_loader.py). Nothing changes
-vLLM's behaviour until VLLM_LOG_MOE is set.
+vllm/model_executor/layers/fused_moe/moe_route_log/ and a few lines to some of
+vLLM's files (the MoE layer, the model runner, the workers, the model loader and
+vllm serve's routers; --check lists them). Nothing changes vLLM's behaviour until
+VLLM_LOG_MOE is set.
 
   python3 apply_hook.py            apply (a second run says "already applied")
   python3 apply_hook.py --check    report: pristine / patched / partly patched /
