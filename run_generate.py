@@ -22,7 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from moe_profiler import generate, patching, prompts
+from moe_profiler import patching
+from moe_profiler.running import generate, prompts
 
 
 def parse_args() -> tuple[str, generate.RunOptions]:

@@ -13,7 +13,7 @@ tokens, prefix caching off, and is checked three ways (DIR/NAME.json):
 - capture: logged ids == vLLM's own enable_return_routed_experts (made to work by
   bench/capture_fix), as sets; a monolithic kernel routes where the capture never
   looks, so it returns zeros there, and that is reported instead;
-- rule: logged ids and weights == moe_profiler/routing_rules.py applied to the
+- rule: logged ids and weights == moe_profiler/verification/routing_rules.py applied to the
   router logits the layer routed on (kept by a tap on the recorder's call),
   written from the model's definition, independent of vLLM's routing code,
   its scores rounded to the dtype vLLM's router kernel scores in (score_precision:
@@ -173,7 +173,7 @@ class LogitsTap:
         import torch
         from vllm.model_executor.layers.fused_moe.moe_route_log import hooks, recorder
 
-        from moe_profiler.family_check import TapStep
+        from moe_profiler.verification.family_check import TapStep
 
         loaded, record, end_step = (
             hooks.on_model_loaded,
@@ -317,8 +317,10 @@ def run_engine(args) -> dict:
     """One family, this process: start, generate, check. Returns (and writes) its result."""
     import capture_fix
 
-    from moe_profiler import family_check, oracle, prompts, routes, routing_rules
-    from moe_profiler.local_models import build_dummy_model_dir
+    from moe_profiler.reading import routes
+    from moe_profiler.running import prompts
+    from moe_profiler.running.local_models import build_dummy_model_dir
+    from moe_profiler.verification import family_check, oracle, routing_rules
 
     run = PLAN[args.family]
     out = Path(args.out)

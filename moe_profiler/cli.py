@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_profiler import routes
 from moe_profiler.analysis.description import OptionError, Options
 from moe_profiler.analysis.registry import sections_help
+from moe_profiler.reading import routes
 
 LOG_HELP = "log files, folders (their *.jsonl) or globs; the files of one run are merged"
 
@@ -205,7 +205,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from moe_profiler import export
+    from moe_profiler.reading import export
 
     try:
         logs = routes.open_logs(routes.find_logs(args.logs))

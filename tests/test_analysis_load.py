@@ -8,8 +8,8 @@ import pytest
 from helpers import route_block, write_log
 
 from moe_profiler.analysis.load import ExpertLoad, layer_metrics
-from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
-from moe_profiler.routes import LogFile, iter_blocks, read_header
+from moe_profiler.reading.columns import DECODE, PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
+from moe_profiler.reading.routes import LogFile, iter_blocks, read_header
 
 P, D, U = PREFILL, DECODE, UNKNOWN_PHASE
 

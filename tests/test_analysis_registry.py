@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
 
-from moe_profiler import routes
 from moe_profiler.analysis import pipeline
 from moe_profiler.analysis.description import Options
 from moe_profiler.analysis.registry import ANALYSES, sections_help
+from moe_profiler.reading import routes
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from helpers import distinct_ids, write_log
 
 from moe_profiler.analysis import pipeline
 from moe_profiler.analysis.description import Options
-from moe_profiler.local_models import build_tokenizer
+from moe_profiler.running.local_models import build_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = (0, 1, 3)

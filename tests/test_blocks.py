@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
 
-from moe_profiler import routes
 from moe_profiler.analysis import usage_summary
-from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE, RouteBlock
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import DECODE, PREFILL, UNKNOWN_PHASE, RouteBlock
 from moe_route_log import log_format
 
 

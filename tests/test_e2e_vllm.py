@@ -33,7 +33,8 @@ from e2e_helpers import (
     window_totals,
 )
 
-from moe_profiler import oracle, routes
+from moe_profiler.reading import routes
+from moe_profiler.verification import oracle
 
 pytestmark = pytest.mark.e2e
 

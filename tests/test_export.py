@@ -1,4 +1,4 @@
-"""Parquet export (moe_profiler/export.py) and the README's DuckDB query on its files."""
+"""Parquet export (moe_profiler/reading/export.py) and the README's DuckDB query on its files."""
 
 import json
 import re
@@ -12,9 +12,9 @@ import pytest
 from helpers import distinct_ids, write_log
 from test_blocks import write_counts_log
 
-from moe_profiler import export, routes
 from moe_profiler.analysis.load import ExpertLoad
-from moe_profiler.columns import RouteBlock
+from moe_profiler.reading import export, routes
+from moe_profiler.reading.columns import RouteBlock
 
 REPO = Path(__file__).resolve().parent.parent
 

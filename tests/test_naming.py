@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
 
-from moe_profiler import routes
 from moe_profiler.analysis import usage_summary
+from moe_profiler.reading import routes
 from moe_route_log.naming import rank_log_path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,10 +6,10 @@ import pytest
 from helpers import distinct_ids, write_log
 from PIL import Image
 
-from moe_profiler import report_browser
 from moe_profiler.analysis import pipeline, text_view
 from moe_profiler.analysis.description import Options
-from moe_profiler.local_models import build_tokenizer
+from moe_profiler.running.local_models import build_tokenizer
+from moe_profiler.verification import report_browser
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 
 
 class LayerRows:

@@ -14,13 +14,13 @@ import html
 
 import numpy as np
 
-from moe_profiler import routes
 from moe_profiler.analysis.common import model_label, shares
 from moe_profiler.analysis.description import Analysis, Finished, Need, OptionError, Run
 from moe_profiler.analysis.html_parts import figure as figure_html
 from moe_profiler.analysis.html_parts import note, number, table
 from moe_profiler.analysis.load import ExpertLoad, count_expert_usage
-from moe_profiler.columns import RouteBlock
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import RouteBlock
 
 
 def jensen_shannon_bits(p: np.ndarray, q: np.ndarray) -> float:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from moe_profiler.columns import RouteBlock
-    from moe_profiler.routes import LogFile
+    from moe_profiler.reading.columns import RouteBlock
+    from moe_profiler.reading.routes import LogFile
 
 
 class OptionError(ValueError):

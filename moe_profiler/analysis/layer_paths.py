@@ -23,7 +23,7 @@ from moe_profiler.analysis.common import LayerRows
 from moe_profiler.analysis.description import Analysis, Finished, Need
 from moe_profiler.analysis.html_parts import figure as figure_html
 from moe_profiler.analysis.html_parts import note, number, table
-from moe_profiler.columns import RouteBlock
+from moe_profiler.reading.columns import RouteBlock
 
 
 class LayerTransitions:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from moe_profiler import routes
 from moe_profiler.analysis.common import LayerRows, shares
 from moe_profiler.analysis.description import Analysis, Finished, Need
 from moe_profiler.analysis.html_parts import figure as figure_html
 from moe_profiler.analysis.html_parts import note, number, table
-from moe_profiler.columns import DECODE, PREFILL, CountsWindow, RouteBlock
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import DECODE, PREFILL, CountsWindow, RouteBlock
 
 PHASES = ("prefill", "decode", "unknown")
 _UNKNOWN = PHASES.index("unknown")

@@ -25,7 +25,7 @@ from moe_profiler.analysis.common import LayerRows, shares
 from moe_profiler.analysis.description import Analysis, Finished, Need
 from moe_profiler.analysis.html_parts import figure as figure_html
 from moe_profiler.analysis.html_parts import note, number, table
-from moe_profiler.columns import DECODE, RouteBlock
+from moe_profiler.reading.columns import DECODE, RouteBlock
 
 _FIELDS = ("source", "request", "row", "pos", "step", "top1")
 

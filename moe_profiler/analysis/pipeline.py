@@ -11,11 +11,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from moe_profiler import routes
 from moe_profiler.analysis import html_report
 from moe_profiler.analysis.common import model_label, run_identity
 from moe_profiler.analysis.description import Finished, OptionError, Options, Run
 from moe_profiler.analysis.registry import ANALYSES
+from moe_profiler.reading import routes
 
 
 def write_report(specs: list[str], out_dir: Path, options: Options) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 from moe_profiler.analysis.common import LayerRows
 from moe_profiler.analysis.description import Analysis, Finished, Need, Run
 from moe_profiler.analysis.html_parts import note
-from moe_profiler.columns import DECODE, PREFILL, RouteBlock
+from moe_profiler.reading.columns import DECODE, PREFILL, RouteBlock
 
 
 class RequestTokens:

@@ -20,7 +20,7 @@ import numpy as np
 from moe_profiler.analysis.common import LayerRows
 from moe_profiler.analysis.description import Analysis, Finished, Need
 from moe_profiler.analysis.html_parts import note, table
-from moe_profiler.columns import RouteBlock
+from moe_profiler.reading.columns import RouteBlock
 
 _MERGE_EVERY = 1 << 21  # buffered (layer, expert, token) keys before they are merged
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from moe_profiler import routes
 from moe_profiler.analysis.common import model_label, run_identity
 from moe_profiler.analysis.load import count_expert_usage, usage_heatmap
+from moe_profiler.reading import routes
 
 
 def summarize_expert_usage(

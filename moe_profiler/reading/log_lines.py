@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
-from moe_profiler.jsonl_blocks import LineBlock
+from moe_profiler.reading.columns import DECODE, PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
+from moe_profiler.reading.jsonl_blocks import LineBlock
 
 ROUTE_SCHEMA = pa.schema(
     [

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from moe_profiler.columns import PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
-from moe_profiler.jsonl_blocks import BLOCK_BYTES, iter_line_blocks
-from moe_profiler.log_lines import (
+from moe_profiler.reading.columns import PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
+from moe_profiler.reading.jsonl_blocks import BLOCK_BYTES, iter_line_blocks
+from moe_profiler.reading.log_lines import (
     COUNTS_SCHEMA,
     ROUTE_SCHEMA,
     CountsLines,

@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from moe_profiler import patching, routes
+from moe_profiler import patching
+from moe_profiler.reading import routes
 
 DEFAULT_MODEL = "Qwen/Qwen1.5-MoE-A2.7B-Chat"
 MODES = ("no_log", "log")
