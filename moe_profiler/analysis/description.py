@@ -1,7 +1,7 @@
 """What an analysis declares (``Analysis``, ``Need``) and what it is given (``Run``, ``Options``).
 
 Each analysis module exports one ``ANALYSIS``; ``registry.ANALYSES`` lists them in
-page order and the pipeline runs them in four steps:
+page order and ``pipeline.run_analyses`` runs them in four steps:
 
 1. ``start(run)``: its accumulator, or None when this report does not ask for it
    (``compare`` without ``--compare``);

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from moe_profiler.analysis import html_report
 from moe_profiler.analysis.common import model_label, run_identity
-from moe_profiler.analysis.description import Finished, OptionError, Options, Run
+from moe_profiler.analysis.description import Analysis, Finished, OptionError, Options, Run
 from moe_profiler.analysis.registry import ANALYSES
 from moe_profiler.reading import routes
 
@@ -22,19 +22,10 @@ def write_report(specs: list[str], out_dir: Path, options: Options) -> dict:
     """Read the logs ``specs`` once, run every analysis, write the outputs to ``out_dir``."""
     logs = routes.open_logs(routes.find_logs(specs))
     run = describe_run(logs, options)
-    started = [(analysis, analysis.start(run)) for analysis in ANALYSES]
-    started = [(analysis, state) for analysis, state in started if state is not None]
-    for block in routes.iter_blocks(logs, strict=options.strict, warn=options.warn):
-        for _, state in started:
-            state.add(block)
-    finished = [
-        (analysis, Finished(state, analysis.results(state, run), run))
-        for analysis, state in started
-    ]
+    finished = run_analyses(run)
     results = {"meta": _meta(run)}
     for _, done in finished:
         results.update(done.results)
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "analysis.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -45,9 +36,22 @@ def write_report(specs: list[str], out_dir: Path, options: Options) -> dict:
         (analysis, analysis.section(done, _figure_uri(analysis, done)))
         for analysis, done in finished
     ]
-    page = html_report.render(results, sections)
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    (out_dir / "report.html").write_text(html_report.render(results, sections), encoding="utf-8")
     return results
+
+
+def run_analyses(run: Run) -> list[tuple[Analysis, Finished]]:
+    """Every analysis this report asks for, all fed the same one read of the logs."""
+    started = [(analysis, analysis.start(run)) for analysis in ANALYSES]
+    started = [(analysis, state) for analysis, state in started if state is not None]
+    options = run.options
+    for block in routes.iter_blocks(run.logs, strict=options.strict, warn=options.warn):
+        for _, state in started:
+            state.add(block)
+    return [
+        (analysis, Finished(state, analysis.results(state, run), run))
+        for analysis, state in started
+    ]
 
 
 def describe_run(logs: list[routes.LogFile], options: Options) -> Run:
@@ -69,7 +73,7 @@ def describe_run(logs: list[routes.LogFile], options: Options) -> Run:
     )
 
 
-def _figure_uri(analysis, done: Finished) -> str | None:
+def _figure_uri(analysis: Analysis, done: Finished) -> str | None:
     if analysis.figure is None:
         return None
     import matplotlib
