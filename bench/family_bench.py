@@ -97,6 +97,9 @@ PLAN: dict[str, FamilyRun] = {
     "mixtral": FamilyRun("mixtral-8x7b-instruct-v0.1.json", 4, 2),
     "qwen3_moe": FamilyRun("qwen3-30b-a3b.json", 8, 2, quantization="fp8", note="online FP8"),
     "olmoe": FamilyRun("olmoe-1b-7b-0924.json", None, 2),
+    "qwen2_moe": FamilyRun(
+        "qwen1.5-moe-a2.7b-chat.json", None, 3, note="Qwen1.5-MoE-A2.7B, all 24 layers"
+    ),
     "deepseek_v2_lite": FamilyRun(
         "deepseek-v2-lite.json",
         8,
@@ -171,32 +174,34 @@ class LogitsTap:
 
     def install(self) -> None:
         import torch
-        from vllm.model_executor.layers.fused_moe.moe_route_log import hooks, recorder
 
         from moe_profiler.verification.family_check import TapStep
 
-        loaded, record, end_step = (
+        hooks, recorder = logger_modules()
+        loaded, record, end_pass = (
             hooks.on_model_loaded,
             recorder.LayerRecorder.record,
-            hooks.end_step,
+            hooks.end_pass,
         )
         tap = self
 
-        def on_model_loaded(model, vllm_config) -> None:
-            loaded(model, vllm_config)
+        def on_model_loaded(model, vllm_config, *args, **kwargs) -> None:
+            loaded(model, vllm_config, *args, **kwargs)
             rows = vllm_config.scheduler_config.max_num_batched_tokens
             tap.on_cpu = vllm_config.device_config.device.type == "cpu"
-            for layer in model.modules():
-                if getattr(layer, "moe_route_recorder", None) is None:
+            for module in model.modules():
+                rec = getattr(module, "moe_route_recorder", None)
+                if rec is None:
                     continue
+                layer = rec.layer  # adapters.moe_layers.MoELayer
                 tap.layers[layer.layer_id] = layer
                 tap.buffers[layer.layer_id] = torch.zeros(
                     rows,
-                    layer.logical_num_experts,
+                    layer.num_experts,
                     dtype=torch.float32,
                     device=vllm_config.device_config.device,
                 )
-                bias = layer.e_score_correction_bias
+                bias = layer.settings.e_score_correction_bias
                 tap.biases[layer.layer_id] = (
                     None if bias is None else bias.detach().float().cpu().numpy()
                 )
@@ -210,21 +215,35 @@ class LogitsTap:
                 buffer[:n].copy_(router_logits[:n])
             return record(rec, hidden_states, router_logits, *args, **kwargs)
 
-        def tapped_end_step(runner, tokens_per_req, *args, **kwargs):
-            end_step(runner, tokens_per_req, *args, **kwargs)
-            rows, reqs = int(tokens_per_req.sum()), len(tokens_per_req)
+        def tapped_end_pass(pass_) -> None:  # both the patch's end_step and the plugin's
+            end_pass(pass_)
+            rows = int(pass_.tokens_per_req.sum())
             tap.steps.append(
                 TapStep(
-                    list(runner.input_batch.req_ids[:reqs]),
-                    tokens_per_req.copy(),
-                    runner.positions.np[:rows].copy(),
+                    list(pass_.req_ids),
+                    np.copy(pass_.tokens_per_req),
+                    np.copy(pass_.positions),
                     {layer: b[:rows].cpu().numpy().copy() for layer, b in tap.buffers.items()},
                 )
             )
 
+        import numpy as np
+
         hooks.on_model_loaded = on_model_loaded
         recorder.LayerRecorder.record = tapped_record
-        hooks.end_step = tapped_end_step
+        hooks.end_pass = tapped_end_pass
+
+
+def logger_modules():
+    """The logger's hooks and recorder modules as this vLLM runs them: the patch's copy
+    inside vLLM 0.15.1, or the pip-installed plugin's package."""
+    from moe_route_log import plugin
+
+    if plugin.vllm_is_patched():
+        from vllm.model_executor.layers.fused_moe.moe_route_log import hooks, recorder
+    else:
+        from moe_route_log import hooks, recorder
+    return hooks, recorder
 
 
 def score_precision(layer, logits_dtype, on_cpu: bool) -> str:
@@ -241,7 +260,7 @@ def score_precision(layer, logits_dtype, on_cpu: bool) -> str:
         return "float32"
     router = getattr(layer, "router", None)
     if type(router).__name__ == "GroupedTopKRouter":
-        groups, experts = router.num_expert_group, layer.logical_num_experts
+        groups, experts = router.num_expert_group, layer.num_experts
         if experts > groups and experts % groups == 0:
             names = {"torch.bfloat16": "bfloat16", "torch.float16": "float16"}
             return names.get(str(logits_dtype), "float32")
@@ -321,10 +340,12 @@ def run_engine(args) -> dict:
     from moe_profiler.running import prompts
     from moe_profiler.running.local_models import build_dummy_model_dir
     from moe_profiler.verification import family_check, oracle, routing_rules
+    from moe_route_log import plugin
 
     run = PLAN[args.family]
     out = Path(args.out)
-    result: dict = {"family": args.family, "plan": asdict(run), "date": _now()}
+    name = args.family if args.mode == "routes" else f"{args.family}-{args.mode}"
+    result: dict = {"family": args.family, "mode": args.mode, "plan": asdict(run), "date": _now()}
     try:
         config = model_config(run)
         model_dir = Path(args.model_dir or f"/tmp/family-bench/{args.family}")
@@ -336,7 +357,7 @@ def run_engine(args) -> dict:
         else:
             config = json.loads((model_dir / "config.json").read_text())
         result["config"] = {"layers": config["num_hidden_layers"], "moe_layers": moe_layers(config)}
-        log_path = Path(args.log_dir) / f"{args.family}.jsonl"
+        log_path = Path(args.log_dir) / f"{name}.jsonl"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         for name in [k for k in os.environ if k.startswith("VLLM_LOG_MOE")]:
             del os.environ[name]
@@ -346,8 +367,12 @@ def run_engine(args) -> dict:
             VLLM_LOG_MOE_REQ_ID=f"family_bench-{args.family}",
             VLLM_ENABLE_V1_MULTIPROCESSING="0",  # the tap lives in this process
         )
-        if args.capture:
-            capture_fix.enable()
+        if args.mode == "counts_graph":
+            os.environ.update(VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1")
+        patched = plugin.vllm_is_patched()
+        capture = args.capture and args.mode == "routes"
+        if capture and patched:
+            capture_fix.enable()  # vLLM 0.15.1's capture returns zeros without it
         tap = LogitsTap()
         tap.install()
         fill_integer_weights()
@@ -363,8 +388,10 @@ def run_engine(args) -> dict:
             "enforce_eager": args.eager,
             "max_model_len": 1024,
             "max_num_seqs": 64,
-            "enable_prefix_caching": False,
-            "enable_return_routed_experts": args.capture,
+            # vLLM's capture needs prefix caching from 0.2x on (config/vllm.py, 0.34.0:
+            # 1108-1140); every engine of a family gets the same setting
+            "enable_prefix_caching": args.capture and not patched,
+            "enable_return_routed_experts": capture,
             "quantization": run.quantization,
         }
         if args.kv_cache_gib:
@@ -378,11 +405,17 @@ def run_engine(args) -> dict:
         started = time.perf_counter()
         outputs = llm.generate(prompts.load_questions(args.n, args.gsm8k), params, use_tqdm=False)
         result["generate_s"] = round(time.perf_counter() - started, 2)
+        from moe_route_log import control
+
+        dump = control.dump(llm)  # the device counts of the same passes (end-of-pass kernel)
         llm.llm_engine.engine_core.shutdown()
         routes.wait_until_complete(log_path, timeout=300)
         log = routes.LogFile(log_path, routes.read_header(log_path))
-        got = list(routes.iter_routes(log, strict=True))
         header = log.header
+        if args.mode == "counts_graph":
+            result["counts"] = family_check.window_counts(log_path, header, dump)
+            raise _Done
+        got = list(routes.iter_routes(log, strict=True))
         layers = header["layers"]
         keys = ("layers", "moe_layers", "num_experts", "top_k", "layer_choice", "routing")
         result["header"] = {k: header.get(k) for k in keys}
@@ -402,13 +435,16 @@ def run_engine(args) -> dict:
             "duplicates": sum(c - 1 for c in counts.values()),
             "trailer": log.trailer is not None,
         }
-        if args.capture:
+        result["counts"] = family_check.route_counts(got, header, dump)
+        if capture:
             reference = {o.request_id: o.outputs[0].routed_experts for o in outputs}
+            cached = {o.request_id: o.num_cached_tokens or 0 for o in outputs}
             if all(not ids.any() for ids in reference.values()):
                 result["capture"] = {"all_zeros": True}
             else:
                 reference = {r: ids[:, layers] for r, ids in reference.items()}
-                result["capture"] = oracle.compare([log], reference, layers).as_dict()
+                agreement = oracle.compare([log], reference, layers, skip_positions=cached)
+                result["capture"] = {**agreement.as_dict(), "cached_tokens": sum(cached.values())}
         rule = routing_rules.rule_for(config)
         tapped = family_check.tapped_logits(tap.steps)
         precision = tap.score_precision()
@@ -416,13 +452,19 @@ def run_engine(args) -> dict:
         result["rule"] = {"rule": asdict(rule), "precision": precision, **agreement.as_dict()}
         if not args.keep_logs:
             log_path.unlink()
+    except _Done:
+        pass
     except BaseException as e:  # the error goes into the result; the other families go on
         result["error"] = repr(e)
         result["traceback"] = traceback.format_exc()[-4000:]
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.family}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"{args.family}: {summary(result)}", flush=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"{name}: {summary(result)}", flush=True)
     return result
+
+
+class _Done(Exception):
+    """A counts-mode engine has what it was run for."""
 
 
 # ---------------------------------------------------------------- all families
@@ -434,17 +476,21 @@ def run_all(args) -> None:
     unknown = [f for f in families if f not in PLAN]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; known: {', '.join(PLAN)}")
+    modes = args.modes.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for wave in waves(families):
         started = time.monotonic()
         procs = {}
-        for family in wave:
+        for family, mode in ((f, m) for f in wave for m in modes):
+            name = family if mode == "routes" else f"{family}-{mode}"
             cmd = [
                 sys.executable,
                 __file__,
                 "engine",
                 family,
+                "--mode",
+                mode,
                 "--out",
                 str(out),
                 "--n",
@@ -456,8 +502,8 @@ def run_all(args) -> None:
                 "--log-dir",
                 str(args.log_dir),
             ]
-            log = open(out / f"{family}.log", "w")  # noqa: SIM115 - closed below
-            procs[family] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+            log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
+            procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
         for family, (proc, log) in procs.items():
             left = max(1.0, args.wave_timeout - (time.monotonic() - started))
             try:
@@ -470,7 +516,26 @@ def run_all(args) -> None:
             if proc.returncode and not (out / f"{family}.json").exists():
                 _write_error(out, family, f"engine process exited with {proc.returncode}")
             print(f"== {family}: exit status {proc.returncode}", flush=True)
+    for family in families:
+        compare_modes(out, family, modes)
     print(table(out), flush=True)
+
+
+def compare_modes(out: Path, family: str, modes: list[str]) -> None:
+    """Counts counted in the graphs against the routes of the same prompts: written into the
+    routes result as ``counts_graph_vs_routes``."""
+    from moe_profiler.verification import family_check
+
+    if "counts_graph" not in modes or "routes" not in modes:
+        return
+    routes_file, counts_file = out / f"{family}.json", out / f"{family}-counts_graph.json"
+    routes_result, counts_result = (json.loads(f.read_text()) for f in (routes_file, counts_file))
+    if "counts" not in routes_result or "counts" not in counts_result:
+        return
+    routes_result["counts_graph_vs_routes"] = family_check.counts_agree(
+        routes_result["counts"], counts_result["counts"]
+    )
+    routes_file.write_text(json.dumps(routes_result, indent=1, default=str) + "\n")
 
 
 def _write_error(out: Path, family: str, error: str) -> None:
@@ -491,6 +556,12 @@ def _write_error(out: Path, family: str, error: str) -> None:
 def summary(result: dict) -> str:
     if "error" in result:
         return f"ERROR {result['error']}"
+    if result.get("mode", "routes") != "routes":
+        counts = result["counts"]
+        return (
+            f"{result['mode']}: {counts['tokens']} tokens counted ({counts['counts_path']}), "
+            f"dump {'=' if counts['dump_equals_windows'] else '!='} windows"
+        )
     rule, lines = result["rule"], result["lines"]
     return (
         f"lines {lines['route_lines']}/{lines['expected']}, capture {_capture(result)}, "
@@ -509,6 +580,19 @@ def _capture(result: dict) -> str:
     return f"{_pct(capture['agreement'])} of {capture['pairs']:,}"
 
 
+def _counts(result: dict) -> str:
+    """The counts checks in a few words: the dump of the routes engine's own passes, and the
+    counts-in-graph engine of the same prompts (when it ran)."""
+    own = result.get("counts", {}).get("dump_equals_routes")
+    text = "-" if own is None else ("equal" if own else "DIFFERENT")
+    graph = result.get("counts_graph_vs_routes")
+    if graph is not None:
+        text += "; " + (
+            "equal" if graph["equal"] else f"{graph['choices_differing']} choices differ"
+        )
+    return text
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
@@ -517,16 +601,16 @@ def table(out: Path) -> str:
     """Markdown rows, one per family result in ``out``."""
     rows = [
         "| family (config, layers run) | MoE method | route lines / expected | ids = vLLM capture "
-        "| ids = family rule (ties) | weights = rule |",
-        "|---|---|---|---|---|---|",
+        "| ids = family rule (ties) | weights = rule | counts = routes (end of pass; in graph) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(Path(out).glob("*.json")):
         r = json.loads(path.read_text())
-        if "family" not in r or "plan" not in r:
+        if "family" not in r or "plan" not in r or r.get("mode", "routes") != "routes":
             continue
         name = f"{r['family']} ({r['plan']['config']}, {r.get('config', {}).get('layers', '?')})"
         if "error" in r:
-            rows.append(f"| {name} | - | - | - | - | error: {r['error'][:120]} |")
+            rows.append(f"| {name} | - | - | - | - | - | error: {r['error'][:120]} |")
             continue
         routing, lines, rule = r["header"]["routing"], r["lines"], r["rule"]
         method = routing["quant_method"] + (" (monolithic)" if routing["monolithic_kernel"] else "")
@@ -534,7 +618,7 @@ def table(out: Path) -> str:
             f"| {name} | {method} | {lines['route_lines']:,} / {lines['expected']:,} "
             f"| {_capture(r)} | {_pct(rule['agreement'])} of {rule['pairs']:,} ({rule['tied']}) "
             f"| {rule['weights_close']:,} / {rule['weights_compared']:,} "
-            f"(max diff {rule['max_weight_diff']:.2g}) |"
+            f"(max diff {rule['max_weight_diff']:.2g}) | {_counts(r)} |"
         )
     results = [json.loads(p.read_text()) for p in Path(out).glob("*.json")]
     cards = sorted({r["card"] for r in results if "card" in r})
@@ -570,6 +654,12 @@ def main() -> None:
     run = sub.add_parser("run", parents=[common], help="all families, wave by wave")
     run.add_argument("--families", default="", help="comma list (default: all of PLAN)")
     run.add_argument(
+        "--modes",
+        default="routes",
+        help="comma list of engines per family, side by side: routes (every check), "
+        "counts_graph (counts mode in the CUDA graphs, compared with the routes)",
+    )
+    run.add_argument(
         "--wave-timeout", type=float, default=240.0, help="seconds a wave may take (%(default)s)"
     )
     engine = sub.add_parser("engine", parents=[common], help="one family in this process")
@@ -593,6 +683,13 @@ def main() -> None:
         help="leave the attention backend to vLLM (CPU tests)",
     )
     engine.add_argument("--keep-logs", action="store_true", help="keep the route log")
+    engine.add_argument(
+        "--mode",
+        choices=("routes", "counts_graph"),
+        default="routes",
+        help="routes: every check; counts_graph: counts mode counted in the CUDA graphs, "
+        "its counts kept for `run` to compare with the routes of the same prompts",
+    )
     tab = sub.add_parser("table", help="markdown rows from a results folder")
     tab.add_argument("dir", type=Path)
     args = p.parse_args()

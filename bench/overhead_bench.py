@@ -10,19 +10,29 @@ is a configuration's tokens/s over its baseline's in that rep; the result is the
 median of the per-rep ratios with a bootstrap 95 % confidence interval.
 
   overhead_bench.py run --model-dir DIR --configs unpatched,off,layer0,all,counts,counts_graph \
-      --reps 6 --out results/olmoe.json
+      --reps 6 --out results/olmoe.json                       (vLLM 0.15.1, patched)
+  overhead_bench.py run --model-dir DIR --plugin-site /tmp/plugin --prefix-caching \
+      --configs unplugged,off,all,counts,counts_graph,r3 --reps 6 --out results/olmoe.json
   overhead_bench.py table results/*.json
+
+The logger comes from the patched vLLM, or, with --plugin-site, from this project
+pip-installed there (pip install --no-deps --target DIR .): each engine puts DIR on
+its path, except the `unplugged` one.
 
 Configurations (vLLM defaults otherwise: torch.compile + CUDA graphs):
   unpatched  pristine vLLM 0.15.1 (--pristine: a folder holding an unpatched `vllm` package)
-  off        the patched vLLM, VLLM_LOG_MOE unset                    (baseline: unpatched)
+  unplugged  vLLM without the plugin (with --plugin-site)
+  off        the logger installed, VLLM_LOG_MOE unset                (baseline: unpatched/unplugged)
   layer0     routes of the model's first MoE layer                   (baseline: off)
   all        routes of every MoE layer                               (baseline: off)
   counts     VLLM_LOG_MOE_MODE=counts, every MoE layer               (baseline: off)
   counts_graph  counts, counted inside the CUDA graphs (VLLM_LOG_MOE_COUNTS_IN_GRAPH=1;
              the header must say counts_path in_graph)               (baseline: off)
   stopped    routes of every layer, VLLM_LOG_MOE_START=off: never started (baseline: off)
-The logging engines' trailers are checked: route lines == tokens x layers, exactly.
+  r3         vLLM's own routed-experts capture, logging off: enable_return_routed_experts
+             (it needs --prefix-caching from vLLM 0.2x on)           (baseline: off)
+The logging engines' trailers are checked: route lines == tokens x layers, exactly
+(tokens: every prompt token not served from the prefix cache, every output but the last).
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ from parallel_bench import run_processes  # noqa: E402
 
 CONFIGS = {
     "unpatched": ({}, None),
-    "off": ({}, "unpatched"),
+    "unplugged": ({}, None),
+    "off": ({}, "vanilla"),  # the one of unpatched/unplugged that runs
     "layer0": ({"VLLM_LOG_MOE_LAYER": "0"}, "off"),
     "all": ({"VLLM_LOG_MOE_LAYER": "all"}, "off"),
     "counts": ({"VLLM_LOG_MOE_LAYER": "all", "VLLM_LOG_MOE_MODE": "counts"}, "off"),
@@ -59,8 +70,19 @@ CONFIGS = {
         },
         "off",
     ),
+    "r3": ({}, "off"),
 }
+VANILLA = ("unpatched", "unplugged")  # vLLM without the logger
+LLM_ARGS = {"r3": {"enable_return_routed_experts": True}}
 BOOTSTRAP = 10_000
+
+
+def baseline(config: str, configs: list[str]) -> str | None:
+    """The configuration ``config`` is compared with, among those that run."""
+    base = CONFIGS[config][1]
+    if base == "vanilla":
+        return next((c for c in configs if c in VANILLA), None)
+    return base
 
 
 def turn_order(configs: list[str], rep: int) -> list[str]:
@@ -83,9 +105,8 @@ def median_ci(ratios: list[float], seed: int = 0) -> tuple[float, float, float]:
     )
 
 
-def compare(runs: dict[str, list[float]], config: str) -> dict | None:
-    """``config`` against its baseline, rep by rep (both lists are tokens/s per rep)."""
-    baseline = CONFIGS[config][1]
+def compare(runs: dict[str, list[float]], config: str, baseline: str | None) -> dict | None:
+    """``config`` against ``baseline``, rep by rep (both lists are tokens/s per rep)."""
     if baseline not in runs or config not in runs:
         return None
     per_rep = [a / b for a, b in zip(runs[config], runs[baseline], strict=True)]
@@ -116,11 +137,16 @@ def _engine(task: dict, barrier) -> dict:
     log = Path(task["log_dir"]) / f"{config}.jsonl"
     if env:
         os.environ.update(VLLM_LOG_MOE=str(log), **env)
-    if config == "unpatched":  # this process and the engine core it spawns: pristine vllm
-        sys.path.insert(0, task["pristine"])
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (task["pristine"], os.environ.get("PYTHONPATH", "")) if p
-        )
+    first = []  # put first on this process's path and the engine core's it spawns
+    if config == "unpatched":
+        first.append(task["pristine"])  # pristine vllm
+    elif task["plugin_site"] and config != "unplugged":
+        first.append(task["plugin_site"])  # the plugin: vLLM finds its entry point there
+    for folder in reversed(first):
+        sys.path.insert(0, folder)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (*first, os.environ.get("PYTHONPATH", "")) if p
+    )
     from moe_profiler.running import prompts
 
     questions = prompts.load_questions(task["n"], Path(task["gsm8k"]))
@@ -137,7 +163,8 @@ def _engine(task: dict, barrier) -> dict:
         kv_cache_memory_bytes=int(task["kv_gib"] * 2**30),
         max_model_len=1024,
         max_num_seqs=task["max_num_seqs"],
-        enable_prefix_caching=False,
+        enable_prefix_caching=task["prefix_caching"],
+        **LLM_ARGS.get(config, {}),
     )
     start_s = time.perf_counter() - t0
     params = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
@@ -170,8 +197,11 @@ def _engine(task: dict, barrier) -> dict:
 
 
 def _computed_tokens(outputs) -> int:
-    """Tokens through the model: each prompt and every output token but the last."""
-    return sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) - 1 for o in outputs)
+    """Tokens through the model: each prompt but its prefix-cache hits, and every output
+    token but the last."""
+    from moe_profiler.verification import oracle
+
+    return sum(map(oracle.logged_tokens, outputs))
 
 
 def check_log(log: Path, expected_tokens: int, counts_path: str | None = None) -> dict:
@@ -236,6 +266,8 @@ def run(args) -> dict:
         sys.exit(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     if "unpatched" in configs and not (Path(args.pristine) / "vllm").is_dir():
         sys.exit(f"--pristine {args.pristine} holds no vllm package")
+    if "unplugged" in configs and not args.plugin_site:
+        sys.exit("the unplugged configuration compares with the plugin: give --plugin-site")
     args.log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(len(configs)), ctx.Queue()
@@ -253,6 +285,8 @@ def run(args) -> dict:
             "max_num_seqs": args.max_num_seqs,
             "log_dir": str(args.log_dir),
             "pristine": str(args.pristine),
+            "plugin_site": str(args.plugin_site) if args.plugin_site else "",
+            "prefix_caching": args.prefix_caching,
         }
         procs.append(ctx.Process(target=engine, args=(task, barrier, results)))
     began = time.time()
@@ -270,7 +304,13 @@ def run(args) -> dict:
         "kv_gib": args.kv_gib,
         "wall_s": round(time.time() - began, 1),
         "parts": parts,
-        "comparisons": {c: compare(runs, c) for c in configs if CONFIGS[c][1] in runs},
+        "logger": "plugin" if args.plugin_site else "patch",
+        "prefix_caching": args.prefix_caching,
+        "comparisons": {
+            c: compare(runs, c, baseline(c, configs))
+            for c in configs
+            if baseline(c, configs) in runs
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -347,6 +387,12 @@ def main() -> None:
     )
     r.add_argument("--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k-test.jsonl")
     r.add_argument("--pristine", type=Path, default=Path("/tmp/vllm-pristine"))
+    r.add_argument("--plugin-site", type=Path, help="the logger from the plugin pip-installed here")
+    r.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="prefix caching on in every engine (vLLM's capture, r3, needs it from 0.2x on)",
+    )
     r.add_argument("--log-dir", type=Path, default=Path("/tmp/overhead-logs"))
     r.add_argument("--out", type=Path, required=True, help="result JSON")
     t = sub.add_parser("table", help="markdown table of result files")

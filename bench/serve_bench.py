@@ -15,7 +15,9 @@ per-rep ratios with a bootstrap 95 % interval (as bench/overhead_bench.py).
 Configurations: off (VLLM_LOG_MOE unset), counts (VLLM_LOG_MOE_MODE=counts, every
 layer), stopped (routes of every layer, VLLM_LOG_MOE_START=off), routes (every
 layer, recording). The GPU bundle has no console scripts: the CLI is started as
-``python3 -m vllm.entrypoints.cli.main``.
+``python3 -m vllm.entrypoints.cli.main``. The logger comes from the patched vLLM or,
+with --plugin-site DIR, from this project pip-installed in DIR (every server gets DIR
+first on its PYTHONPATH, so `off` is the plugin installed with logging off).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ CONFIGS = {
 
 def start_server(config: str, port: int, args) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
+    if args.plugin_site:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(args.plugin_site), env.get("PYTHONPATH", "")) if p
+        )
     if CONFIGS[config]:
         env.update(VLLM_LOG_MOE=str(args.log_dir / f"{config}.jsonl"), **CONFIGS[config])
     cmd = [
@@ -217,6 +223,7 @@ def run(args) -> None:
     result = {
         "card": card_name(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "logger": "plugin" if args.plugin_site else "patch",
         "model": args.model_dir.name,
         "workload": f"random {args.input_len} in / {args.output_len} out, "
         f"{args.num_prompts} prompts at {args.rate}/s, {args.saturation_prompts} at saturation",
@@ -282,6 +289,7 @@ def main() -> None:
     r.add_argument("--kv-gib", type=float, default=5.0, help="KV cache per server (GiB)")
     r.add_argument("--max-num-seqs", type=int, default=128, help="vLLM max_num_seqs")
     r.add_argument("--log-dir", type=Path, default=Path("/tmp/serve-bench"))
+    r.add_argument("--plugin-site", type=Path, help="the logger from the plugin pip-installed here")
     r.add_argument("--out", type=Path, required=True, help="result JSON")
     t = sub.add_parser("table", help="markdown table of result files")
     t.add_argument("results", nargs="+", help="result JSON files")

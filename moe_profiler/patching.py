@@ -191,7 +191,7 @@ INSERTIONS = (
         "model loaded",
         LOADER,
         anchor="        return model.eval()\n",
-        text="        moe_route_log.on_model_loaded(model, vllm_config)\n",
+        text="        moe_route_log.on_model_loaded(model, vllm_config, model_config)\n",
     ),
     Insertion(
         "import hooks (worker)",

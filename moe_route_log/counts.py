@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from vllm.logger import init_logger
 
 from .recorder import RouteBuffers
+from .vllm_logging import get_logger
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 SNAPSHOT_SLOTS = 4  # windows in flight to the host at once
 _BLOCK = 1024
 

@@ -27,10 +27,11 @@ end-of-pass kernel: graphs count inside, eager passes at their end.
 from __future__ import annotations
 
 import torch
-from vllm.logger import init_logger
 from vllm.utils.torch_utils import direct_register_custom_op
 
-logger = init_logger(__name__)
+from .vllm_logging import get_logger
+
+logger = get_logger(__name__)
 _kernel = None  # graph_kernel.count_routes, once it has passed its self-check here
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 from vllm.forward_context import get_forward_context
-from vllm.platforms import current_platform
 from vllm.utils.torch_utils import direct_register_custom_op
 
 from .graph_counts import InGraphCounts
@@ -91,11 +90,11 @@ direct_register_custom_op(
 
 
 class LayerRecorder:
-    """What a logged FusedMoE layer calls right after routing (``layer.moe_route_recorder``)."""
+    """What a logged MoE layer calls right after routing (``layer.moe_route_recorder``)."""
 
     def __init__(
         self,
-        layer: torch.nn.Module,
+        layer,  # adapters.moe_layers.MoELayer
         buffers: RouteBuffers,
         slot: int,
         dp_rank: int,
@@ -111,7 +110,7 @@ class LayerRecorder:
         self.weight_scale = weight_scale
         # With EPLB, select_experts returns physical (replica) ids: route again,
         # purely, to log the model's own (logical) expert ids.
-        self.reroute = bool(getattr(layer, "enable_eplb", False))
+        self.reroute = layer.eplb
         # counts mode in the graph: count here; the route buffer only for passes that
         # run outside a graph (graph_counts.py)
         self.counter = counter
@@ -127,7 +126,7 @@ class LayerRecorder:
     ) -> None:
         """Store this layer's routes; without ``topk_ids`` (monolithic kernels) route here."""
         if topk_ids is None or topk_weights is None or self.reroute:
-            topk_weights, topk_ids = self._route(hidden_states, router_logits)
+            topk_weights, topk_ids = self.layer.route(hidden_states, router_logits)
         if self.weight_scale != 1.0:
             topk_weights = topk_weights * self.weight_scale
         # one data-parallel rank: never gathered
@@ -147,25 +146,3 @@ class LayerRecorder:
             torch.ops.vllm.moe_route_record(*args)
         else:
             store_routes(*args)
-
-    def _route(self, hidden_states: torch.Tensor, router_logits: torch.Tensor):
-        """The layer's routing without side effects (no EPLB mapping or load counts)."""
-        layer = self.layer
-        if current_platform.is_cpu():
-            # What the CPU kernels run inside apply_monolithic.
-            from vllm.model_executor.layers.fused_moe.cpu_fused_moe import select_experts
-
-            return select_experts(
-                hidden_states=hidden_states,
-                router_logits=router_logits,
-                top_k=layer.top_k,
-                use_grouped_topk=layer.use_grouped_topk,
-                renormalize=layer.renormalize,
-                topk_group=layer.topk_group,
-                num_expert_group=layer.num_expert_group,
-                custom_routing_function=layer.custom_routing_function,
-                scoring_func=layer.scoring_func,
-                routed_scaling_factor=layer.routed_scaling_factor,
-                e_score_correction_bias=layer.e_score_correction_bias,
-            )
-        return layer.router._compute_routing(hidden_states, router_logits, None)

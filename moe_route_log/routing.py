@@ -1,9 +1,11 @@
-"""What a logged layer's ``weights`` mean: its routing, read from the FusedMoE layer itself.
+"""What a logged layer's ``weights`` mean: its routing, read from the MoE layer itself.
 
 ``describe`` gives the header's ``routing`` object. ``weight_scale`` is the factor
-the recorder multiplies FusedMoE's top-k weights by, so that the logged weights are
-what each chosen expert's output is multiplied by, also for models that apply their
-``routed_scaling_factor`` to FusedMoE's output instead of inside the router.
+the recorder multiplies the router's top-k weights by, so that the logged weights are
+what each chosen expert's output is multiplied by, also where the
+``routed_scaling_factor`` is applied to the MoE layer's output instead of inside the
+router: by the model's MoE block (0.15.1) or by vLLM's MoE runner (0.24 on). The
+layer comes as an ``adapters.moe_layers.MoELayer`` view, whatever the release.
 """
 
 from __future__ import annotations
@@ -30,23 +32,24 @@ SCALED_BY_THE_BLOCK = frozenset(
 )
 
 
-def moe_blocks(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
-    """``id(FusedMoE layer)`` -> the module that holds it (the model's MoE block)."""
-    from vllm.model_executor.layers.fused_moe.layer import FusedMoE
-
+def moe_blocks(model: torch.nn.Module, layers) -> dict[int, torch.nn.Module]:
+    """``id(MoE layer module)`` -> the module that holds it (the model's MoE block)."""
+    ids = {id(layer.module) for layer in layers}
     return {
         id(child): module
         for module in model.modules()
         for child in module.children()
-        if isinstance(child, FusedMoE)
+        if id(child) in ids
     }
 
 
 def weight_scale(layer, block: torch.nn.Module | None) -> float:
-    """The factor the model applies to FusedMoE's routed output, outside FusedMoE (else 1)."""
+    """The factor applied to the layer's routed output outside the router (else 1)."""
+    if layer.output_scale != 1.0:  # 0.24+: the runner scales the routed output itself
+        return layer.output_scale
     if block is None or type(block).__name__ not in SCALED_BY_THE_BLOCK:
         return 1.0
-    if layer.routed_scaling_factor != 1.0:  # ROCm aiter: the router applies it, the block not
+    if layer.settings.routed_scaling_factor != 1.0:  # ROCm aiter: the router applies it
         return 1.0
     return float(getattr(block, "routed_scaling_factor", 1.0) or 1.0)
 
@@ -54,33 +57,32 @@ def weight_scale(layer, block: torch.nn.Module | None) -> float:
 def describe(layer, block: torch.nn.Module | None) -> dict:
     """The header's ``routing``: how this layer picks experts and what ``weights`` hold."""
     scale = weight_scale(layer, block)
-    custom = layer.custom_routing_function
+    s = layer.settings
+    custom = s.custom_routing_function
     return {
         "router": type(layer.router).__name__,
-        "scoring_func": None if custom is not None else layer.scoring_func,
+        "scoring_func": None if custom is not None else s.scoring_func,
         "custom_routing_function": None if custom is None else custom.__qualname__,
-        "renormalize": bool(layer.renormalize),
+        "renormalize": bool(s.renormalize),
         "grouped_topk": (
-            {"num_expert_group": layer.num_expert_group, "topk_group": layer.topk_group}
-            if layer.use_grouped_topk
+            {"num_expert_group": s.num_expert_group, "topk_group": s.topk_group}
+            if s.use_grouped_topk
             else None
         ),
-        "e_score_correction_bias": layer.e_score_correction_bias is not None,
-        "routed_scaling_factor": float(layer.routed_scaling_factor) * scale,
+        "e_score_correction_bias": s.e_score_correction_bias is not None,
+        "routed_scaling_factor": float(s.routed_scaling_factor) * scale,
         "scaling_applied_by": _scaling_applied_by(layer, block, scale),
-        "weights_multiply": (
-            "expert inputs" if layer.apply_router_weight_on_input else "expert outputs"
-        ),
-        "shared_experts": layer.shared_experts is not None,
+        "weights_multiply": "expert inputs" if s.apply_router_weight_on_input else "expert outputs",
+        "shared_experts": layer.has_shared_experts,
         "quant_method": type(layer.quant_method).__name__,
-        "monolithic_kernel": bool(layer.quant_method.is_monolithic),
+        "monolithic_kernel": layer.monolithic,
     }
 
 
 def unsupported(layer, on_cpu: bool) -> str | None:
     """Why this layer's routes cannot be logged as the kernel uses them (None: they can)."""
     simulated = type(layer.router).__name__ == "RoutingSimulatorRouter"
-    if simulated and layer.quant_method.is_monolithic and not on_cpu:
+    if simulated and layer.monolithic and not on_cpu:
         return (
             "VLLM_MOE_ROUTING_SIMULATION_STRATEGY with a monolithic MoE kernel "
             f"({type(layer.quant_method).__name__}): the kernel routes on the router "
@@ -91,11 +93,13 @@ def unsupported(layer, on_cpu: bool) -> str | None:
 
 
 def _scaling_applied_by(layer, block, scale: float) -> str | None:
+    if layer.output_scale != 1.0:
+        return "vLLM's MoE runner (multiplies the routed output); the logged weights include it"
     if scale != 1.0:
         return (
             f"the model ({type(block).__name__} multiplies FusedMoE's output); "
             "the logged weights include it"
         )
-    if layer.routed_scaling_factor != 1.0:
+    if layer.settings.routed_scaling_factor != 1.0:
         return "vLLM's router (in the top-k weights)"
     return None

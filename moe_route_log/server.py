@@ -31,12 +31,12 @@ import time
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from vllm.logger import init_logger
 
 from . import control
 from .envs import read_config
+from .vllm_logging import get_logger
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 router = APIRouter()
 RPC_TIMEOUT_S = 30.0
 SCRAPE_REFRESH_S = 1.0  # a scrape asks the engines at most this often

@@ -40,7 +40,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from vllm.logger import init_logger
 
 from . import naming, wire
 from .counts import DeviceExpertCounts, Snapshot
@@ -48,9 +47,10 @@ from .envs import LogConfig
 from .graph_counts import InGraphCounts
 from .log_format import is_sampled
 from .recorder import RouteBuffers
+from .vllm_logging import get_logger
 from .writer import WriterProcess
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 HOST_SLOT_BUDGET = 64 * 2**20  # bytes of (pinned) host slots per process
 MIN_HOST_SLOTS, MAX_HOST_SLOTS = 4, 32

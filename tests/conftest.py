@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import vllm_under_test
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared/data/gsm8k/test.jsonl"
@@ -46,8 +47,33 @@ def tiny_model(tmp_path_factory, questions) -> Path:
 
 
 @pytest.fixture(scope="session")
-def patched():
-    """The test environment's vLLM patched by apply_hook.py (re-applied afterwards)."""
+def plugin_site(tmp_path_factory) -> Path:
+    """This project pip-installed into a folder of its own: the vLLM plugin as users get it."""
+    return vllm_under_test.install_plugin(tmp_path_factory.mktemp("plugin-site"))
+
+
+@pytest.fixture(scope="session")
+def pristine_vllm(tmp_path_factory) -> Path:
+    """(vLLM 0.15.1) A pristine copy of the environment's vLLM, to put first on an engine's
+    PYTHONPATH: the environment's own copy is patched."""
+    if not vllm_under_test.patch_release():
+        pytest.skip(f"the patch is for vLLM {vllm_under_test.PATCH_RELEASE} only")
+    target = tmp_path_factory.mktemp("pristine-vllm")
+    return vllm_under_test.unpack_pristine_vllm(vllm_under_test.cached_wheel(), target)
+
+
+@pytest.fixture(scope="session")
+def patched(request):
+    """The logger in the engines the tests start: in vLLM 0.15.1 the environment's vLLM
+    patched by apply_hook.py (re-applied afterwards); in later releases the plugin,
+    pip-installed into a folder the engines find first on their PYTHONPATH."""
+    import e2e_helpers
+
+    if not vllm_under_test.patch_release():
+        e2e_helpers.ENGINE_PATHS[:] = [str(request.getfixturevalue("plugin_site"))]
+        yield
+        e2e_helpers.ENGINE_PATHS.clear()
+        return
     out = subprocess.run(
         [sys.executable, "apply_hook.py"], cwd=REPO, capture_output=True, text=True
     )

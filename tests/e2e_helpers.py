@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -15,12 +16,22 @@ from moe_profiler.reading import routes
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).with_name("e2e_driver.py")
 NUM_LAYERS, NUM_EXPERTS, TOP_K = 3, 8, 3  # top_k 3: nothing may assume Qwen's 4
+# Folders put before the repo on every engine's PYTHONPATH: the pip-installed plugin where
+# the logger comes from it (the `patched` fixture of conftest.py sets it).
+ENGINE_PATHS: list[str] = []
+
+
+def engine_pythonpath(*first: str | Path) -> str:
+    """PYTHONPATH of an engine process: ``first``, then ENGINE_PATHS, then the repo."""
+    return os.pathsep.join([*map(str, first), *ENGINE_PATHS, str(REPO)])
 
 
 def engine(tmp: Path, spec: dict, log_env: dict | None = None, background=False):
     """Run the driver; returns (records, completed process) or the running Popen."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
-    env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO), **(log_env or {})})
+    env.update(
+        {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": engine_pythonpath(), **(log_env or {})}
+    )
     spec_file, out_file = tmp / f"spec-{time.time_ns()}.json", tmp / f"out-{time.time_ns()}.json"
     spec_file.write_text(json.dumps(spec))
     cmd = [sys.executable, str(DRIVER), str(spec_file), str(out_file)]
@@ -29,6 +40,21 @@ def engine(tmp: Path, spec: dict, log_env: dict | None = None, background=False)
     proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=900)
     records = json.loads(out_file.read_text()) if out_file.exists() else None
     return records, proc
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started (vLLM's engine core and workers outlive
+    a killed front end on some releases, each holding gigabytes)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in [*children, proc]:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            child.kill()
+    proc.wait(timeout=60)
 
 
 def read_log(path: Path) -> tuple[routes.LogFile, list[routes.Route]]:

@@ -10,12 +10,16 @@ multiplied by in the model's forward pass (0 for experts not chosen): a dense
   experts answering zeros, so the block's output column e is expert e's factor,
   as the block's own code computes and applies it (softmax, renormalisation,
   groups, bias, scaling). The model's real forward pass is left untouched.
-- Blocks whose experts are one fused module (gpt-oss, Llama 4): their router
-  module returns the dense factors (``router_scores``); a forward hook keeps them.
+- Blocks whose experts are one fused module called with the chosen experts and their
+  factors (transformers 5: ``experts(hidden_states, top_k_index, top_k_weights)``,
+  which multiplies each expert's output by its factor): a pre-hook keeps those.
+- Other fused experts (transformers 4's gpt-oss, Llama 4): their router module returns
+  the dense factors (``router_scores``); a forward hook keeps them.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +106,16 @@ def router_logits(
 def _record(block: torch.nn.Module, sink: list, num_experts: int):
     if isinstance(block.experts, torch.nn.ModuleList):
         return block.register_forward_hook(_ProbeExperts(sink, num_experts), with_kwargs=True)
+    parameters = inspect.signature(block.experts.forward).parameters
+    if "top_k_index" in parameters and "top_k_weights" in parameters:
+
+        def keep_chosen_factors(module, args, kwargs) -> None:
+            given = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+            index, weights = given["top_k_index"], given["top_k_weights"]
+            dense = torch.zeros(index.shape[0], num_experts, dtype=torch.float32)
+            sink.append(dense.scatter_(1, index.long(), weights.float()))
+
+        return block.experts.register_forward_pre_hook(keep_chosen_factors, with_kwargs=True)
 
     def keep_router_scores(module, args, output) -> None:
         sink.append(output[0].reshape(-1, num_experts).float().clone())

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from e2e_helpers import engine_pythonpath, kill_tree
+from vllm_under_test import serve_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,14 +40,13 @@ class Server:
     def start(cls, model: Path, log: Path, env: dict[str, str], timeout: float = 600) -> Server:
         port = free_port()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
-        environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOG_MOE=str(log), **env)
+        environ.update(
+            VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=engine_pythonpath(), VLLM_LOG_MOE=str(log)
+        )
+        environ.update(env)
         output = log.with_suffix(".server.txt")
         cmd = [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.cli.main",
-            "serve",
-            str(model),
+            *serve_command(model),
             "--port",
             str(port),
             "--dtype",
@@ -96,9 +96,9 @@ class Server:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
+        """Kill the server and the engine processes it started."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=60)
+            kill_tree(self.process)
 
 
 def log_lines(path: Path) -> list[dict]:

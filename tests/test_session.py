@@ -196,7 +196,7 @@ def test_in_graph_counts_leave_passes_outside_graphs_to_the_end_of_pass_kernel(
     counter.defer_outside_graphs = True  # as on CUDA
     capturing = [False]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
-    layer = types.SimpleNamespace()
+    layer = types.SimpleNamespace(eplb=False)  # what the recorder reads of its layer
     recorders = [LayerRecorder(layer, s.buffers, i, 0, 1.0, counter) for i in range(len(LAYERS))]
     rng = np.random.default_rng(5)
 

@@ -124,3 +124,50 @@ def rule_agreement(
         )
         result.max_weight_diff = max(result.max_weight_diff, *diffs)
     return result
+
+
+def route_counts(got: Iterable[routes.Route], header: dict, dump: dict) -> dict:
+    """Per logged layer and expert, how many route lines chose it, and whether the device
+    counts of the same passes (the dump: the end-of-pass kernel's) are exactly those."""
+    layers, experts = header["layers"], header["num_experts"]
+    counts = np.zeros((len(layers), experts), dtype=np.int64)
+    tokens = 0
+    for r in got:
+        np.add.at(counts[layers.index(r.layer)], r.experts, 1)
+        tokens += r.layer == layers[0]
+    dumped = np.asarray(dump["logical_count"], dtype=np.int64)[layers]
+    return {
+        "counts": counts.tolist(),
+        "tokens": tokens,
+        "dump_equals_routes": bool(np.array_equal(dumped, counts)) and dump["tokens"] == tokens,
+    }
+
+
+def window_counts(path, header: dict, dump: dict) -> dict:
+    """A counts-mode log's windows summed per logged layer and expert, and whether the dump
+    (the same device accumulators, read at the end) holds the same."""
+    import json
+
+    with open(path, "rb") as f:
+        windows = [json.loads(line) for line in f if line.startswith(b'{"type":"counts"')]
+    counts = np.sum([w["counts"] for w in windows], axis=0, dtype=np.int64)
+    tokens = sum(w["tokens"] for w in windows)
+    dumped = np.asarray(dump["logical_count"], dtype=np.int64)[header["layers"]]
+    return {
+        "counts": counts.tolist(),
+        "tokens": tokens,
+        "counts_path": header.get("counts_path"),
+        "dump_equals_windows": bool(np.array_equal(dumped, counts)) and dump["tokens"] == tokens,
+    }
+
+
+def counts_agree(routes_result: dict, counts_result: dict) -> dict:
+    """Counts mode against the routes of the same prompts (two engines): equal per (layer,
+    expert) and in tokens, or how many choices differ."""
+    a = np.asarray(routes_result["counts"], dtype=np.int64)
+    b = np.asarray(counts_result["counts"], dtype=np.int64)
+    return {
+        "equal": bool(np.array_equal(a, b)) and routes_result["tokens"] == counts_result["tokens"],
+        "tokens": [routes_result["tokens"], counts_result["tokens"]],
+        "choices_differing": int(np.abs(a - b).sum()) // 2 if a.shape == b.shape else None,
+    }
