@@ -7,8 +7,9 @@ page order and ``pipeline.run_analyses`` runs them in four steps:
    (``compare`` without ``--compare``);
 2. ``accumulator.add(block)`` for every ``RouteBlock`` of the one read;
 3. ``results(accumulator, run)``: its sections of ``analysis.json`` (``keys``);
-4. ``figure(done)`` (optional), ``section(done, figure)`` (its HTML below the question)
-   and ``files(done)`` (optional: more output files next to ``analysis.json``).
+4. ``figure(done)`` (optional: a matplotlib figure), ``section(done, figure_uri)`` (its
+   HTML below the question, with the figure as a PNG data URI) and ``files(done)``
+   (optional: more output files next to ``analysis.json``).
 
 ``needs`` says which data an answer is computed from. A routes log has all of it;
 other inputs (counts logs, dumps, vLLM's own ``routed_experts``) have less, and a
