@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moe_profiler import prompts
+from moe_profiler.running import prompts
 
 
 def main() -> int:

@@ -22,7 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from moe_profiler import generate, patching, prompts
+from moe_profiler import patching
+from moe_profiler.running import generate, prompts
 
 
 def parse_args() -> tuple[str, generate.RunOptions]:
@@ -129,32 +130,14 @@ def main() -> int:
     except (prompts.PromptsError, patching.PatchError) as e:
         print(f"run_generate.py: {e}", file=sys.stderr)
         return 1
-    env = generate.set_log_environment(mode, opts)
-    for name, value in env.items():
+    for name, value in generate.set_log_environment(mode, opts).items():
         print(f"{name}={value}")
-    llm = generate.build_llm(opts)
-    texts, chat = generate.format_prompts(llm, questions, opts.chat)
-    outputs, seconds = generate.timed_generate(llm, texts, opts.max_tokens, opts.seed)
-    setup = generate.run_setup(opts, len(questions), chat)
-    generate.close_llm(llm)
-    records = generate.output_records(outputs, questions)
-    outputs_file = generate.write_records(records, Path(opts.outputs_dir) / f"outputs_{mode}.jsonl")
-    prompt_tokens = sum(len(r["prompt_token_ids"]) for r in records)
-    output_tokens = sum(len(r["token_ids"]) for r in records)
-    result = {
-        "wall_s": round(seconds, 4),
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "output_tok_per_s": round(output_tokens / seconds, 2),
-    }
-    if mode == "log":
-        files = generate.wait_for_logs(opts.log_path)
-        result.update(log_files=[str(f) for f in files], log_layers=opts.log_layers)
-    timing = generate.merge_timing(opts.timing, mode, setup, result, outputs_file)
+    run = generate.run_timed(mode, opts, questions)
+    result, timing = run.result, run.timing
     print(
-        f"{mode}: {output_tokens} output tokens in {seconds:.2f} s = "
-        f"{result['output_tok_per_s']} tok/s on {setup['device']}; outputs in {outputs_file}; "
-        f"timing in {opts.timing}"
+        f"{mode}: {result['output_tokens']} output tokens in {result['wall_s']:.2f} s = "
+        f"{result['output_tok_per_s']} tok/s on {run.setup['device']}; outputs in "
+        f"{run.outputs_file}; timing in {opts.timing}"
     )
     if "log_overhead_pct" in timing:
         print(

@@ -56,7 +56,7 @@ if [ "$SMOKE" = 1 ]; then
   OUT=${SMOKE_OUT:-smoke-out}
   mkdir -p "$OUT"
   step "tiny model" "The tiny model is built with torch + transformers: are they installed?"
-  "$PY" -m moe_profiler.local_models "$OUT/tiny-moe" --texts prompts.txt
+  "$PY" -m moe_profiler.running.local_models "$OUT/tiny-moe" --texts prompts.txt
   MODEL_ARGS=(--model "$OUT/tiny-moe" --max-tokens 16 --dtype float32 --max-model-len 512
               --layers all --outputs-dir "$OUT" --timing "$OUT/timing.json"
               --log-path "$OUT/moe_routes.jsonl")

@@ -13,7 +13,7 @@ tokens, prefix caching off, and is checked three ways (DIR/NAME.json):
 - capture: logged ids == vLLM's own enable_return_routed_experts (made to work by
   bench/capture_fix), as sets; a monolithic kernel routes where the capture never
   looks, so it returns zeros there, and that is reported instead;
-- rule: logged ids and weights == moe_profiler/routing_rules.py applied to the
+- rule: logged ids and weights == moe_profiler/verification/routing_rules.py applied to the
   router logits the layer routed on (kept by a tap on the recorder's call),
   written from the model's definition, independent of vLLM's routing code,
   its scores rounded to the dtype vLLM's router kernel scores in (score_precision:
@@ -175,7 +175,7 @@ class LogitsTap:
     def install(self) -> None:
         import torch
 
-        from moe_profiler.family_check import TapStep
+        from moe_profiler.verification.family_check import TapStep
 
         hooks, recorder = logger_modules()
         loaded, record, end_pass = (
@@ -336,8 +336,10 @@ def run_engine(args) -> dict:
     """One family, this process: start, generate, check. Returns (and writes) its result."""
     import capture_fix
 
-    from moe_profiler import family_check, oracle, prompts, routes, routing_rules
-    from moe_profiler.local_models import build_dummy_model_dir
+    from moe_profiler.reading import routes
+    from moe_profiler.running import prompts
+    from moe_profiler.running.local_models import build_dummy_model_dir
+    from moe_profiler.verification import family_check, oracle, routing_rules
     from moe_route_log import plugin
 
     run = PLAN[args.family]
@@ -522,7 +524,7 @@ def run_all(args) -> None:
 def compare_modes(out: Path, family: str, modes: list[str]) -> None:
     """Counts counted in the graphs against the routes of the same prompts: written into the
     routes result as ``counts_graph_vs_routes``."""
-    from moe_profiler import family_check
+    from moe_profiler.verification import family_check
 
     if "counts_graph" not in modes or "routes" not in modes:
         return

@@ -34,7 +34,9 @@ sys.path.insert(0, str(REPO))
 
 import capture_fix  # noqa: E402
 
-from moe_profiler import oracle, prompts, routes  # noqa: E402
+from moe_profiler.reading import routes  # noqa: E402
+from moe_profiler.running import prompts  # noqa: E402
+from moe_profiler.verification import oracle  # noqa: E402
 
 CONFIGS = {
     "off": {"layers": None},
@@ -61,7 +63,7 @@ def card_name() -> str:
 
 
 def prepare(args) -> None:
-    from moe_profiler.local_models import build_dummy_model_dir
+    from moe_profiler.running.local_models import build_dummy_model_dir
 
     questions = prompts.load_questions(1319, args.gsm8k)
     build_dummy_model_dir(args.config_json, args.model_dir, questions)

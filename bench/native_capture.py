@@ -49,8 +49,8 @@ def model_dir(args) -> Path:
     """--model-dir, or a dummy-weight folder of --config-json with --layers layers."""
     if args.model_dir is not None:
         return args.model_dir
-    from moe_profiler import prompts
-    from moe_profiler.local_models import build_dummy_model_dir
+    from moe_profiler.running import prompts
+    from moe_profiler.running.local_models import build_dummy_model_dir
 
     config = json.loads(args.config_json.read_text())
     config["num_hidden_layers"] = args.layers
@@ -128,7 +128,8 @@ def routed_experts(response: dict) -> tuple[list[int], np.ndarray]:
 def check(responses: list[dict], log_path: Path) -> dict:
     """Each logged (token, layer)'s ids against the capture of the response it belongs to
     (matched by token ids: the log's input ids are the prompt and outputs fed back)."""
-    from moe_profiler import oracle, routes
+    from moe_profiler.reading import routes
+    from moe_profiler.verification import oracle
 
     routes.wait_until_complete(log_path, timeout=120)
     log = routes.LogFile(log_path, routes.read_header(log_path))
@@ -178,7 +179,7 @@ def main() -> None:
     )
     p.add_argument("--port", type=int, default=8300, help="the server's port (%(default)s)")
     args = p.parse_args()
-    from moe_profiler import prompts
+    from moe_profiler.running import prompts
 
     args.out.mkdir(parents=True, exist_ok=True)
     args.model_dir = model_dir(args)

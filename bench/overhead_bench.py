@@ -147,7 +147,7 @@ def _engine(task: dict, barrier) -> dict:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (*first, os.environ.get("PYTHONPATH", "")) if p
     )
-    from moe_profiler import prompts
+    from moe_profiler.running import prompts
 
     questions = prompts.load_questions(task["n"], Path(task["gsm8k"]))
     import vllm
@@ -199,7 +199,7 @@ def _engine(task: dict, barrier) -> dict:
 def _computed_tokens(outputs) -> int:
     """Tokens through the model: each prompt but its prefix-cache hits, and every output
     token but the last."""
-    from moe_profiler import oracle
+    from moe_profiler.verification import oracle
 
     return sum(map(oracle.logged_tokens, outputs))
 
@@ -207,7 +207,7 @@ def _computed_tokens(outputs) -> int:
 def check_log(log: Path, expected_tokens: int, counts_path: str | None = None) -> dict:
     """The log's own account (trailer; counts windows) against the tokens it should hold;
     ``counts_path``: the header's ``counts_path`` must be that (the path being measured)."""
-    from moe_profiler import routes
+    from moe_profiler.reading import routes
 
     routes.wait_until_complete(log, timeout=600)
     header = trailer = None

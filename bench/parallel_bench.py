@@ -95,7 +95,7 @@ def _engine_process(task: dict, barrier) -> dict:
             VLLM_DP_MASTER_IP="127.0.0.1",
             VLLM_DP_MASTER_PORT=str(task["port"]),
         )
-    from moe_profiler import prompts
+    from moe_profiler.running import prompts
 
     questions = prompts.load_questions(task["n"], task["gsm8k"])[rank::dp]
     workloads = [("gsm8k", questions)]
@@ -159,7 +159,8 @@ def check_log(task: dict, rank: int, outputs) -> dict:
     """This rank's files against its outputs: one line per (request, pos, layer), same ids."""
     import numpy as np
 
-    from moe_profiler import oracle, routes
+    from moe_profiler.reading import routes
+    from moe_profiler.verification import oracle
 
     t0 = time.perf_counter()
     files = routes.rank_files(Path(task["log"]))

@@ -43,7 +43,7 @@ def main() -> None:
     from overhead_bench import _computed_tokens, check_log
     from vllm import LLM, SamplingParams
 
-    from moe_profiler import prompts
+    from moe_profiler.running import prompts
 
     started = time.perf_counter()
     llm = LLM(

@@ -130,7 +130,7 @@ def parse(engine: str, path: Path) -> int:
         )
     if engine == "reader":
         sys.path.insert(0, str(REPO))
-        from moe_profiler import routes
+        from moe_profiler.reading import routes
 
         return sum(map(len, routes.iter_blocks(routes.open_logs([path]))))
     raise ValueError(engine)

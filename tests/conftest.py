@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory, questions) -> Path:
     """A random-weight Qwen2MoeForCausalLM (safetensors) with a tokenizer made locally."""
     import e2e_helpers
 
-    from moe_profiler.local_models import build_tiny_moe
+    from moe_profiler.running.local_models import build_tiny_moe
 
     return build_tiny_moe(
         tmp_path_factory.mktemp("tiny-moe"),
@@ -84,8 +84,9 @@ def patched(request):
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory, questions) -> dict[str, Path]:
-    """Every tiny MoE family of moe_profiler/tiny_families.py, saved through transformers."""
-    from moe_profiler import tiny_families
+    """Every tiny MoE family of moe_profiler/verification/tiny_families.py, saved through
+    transformers."""
+    from moe_profiler.verification import tiny_families
 
     out = tmp_path_factory.mktemp("families")
     return {

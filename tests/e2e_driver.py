@@ -60,7 +60,7 @@ def main() -> None:
     time.sleep(spec.get("settle_s", 0))
     llm.llm_engine.engine_core.shutdown()
     if spec.get("check_log_after_shutdown"):
-        from moe_profiler import routes
+        from moe_profiler.reading import routes
 
         path = os.environ["VLLM_LOG_MOE"]
         routes.wait_until_complete(path, timeout=60)

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).with_name("e2e_driver.py")

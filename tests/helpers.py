@@ -75,7 +75,7 @@ def route_block(lines, requests=(), source=0):
     ``request`` indexes ``requests``; ``weights`` None means descending weights, so the
     first listed expert is the top-1.
     """
-    from moe_profiler.columns import RouteBlock
+    from moe_profiler.reading.columns import RouteBlock
 
     step, token, layer, request, pos, tok, phase, experts, weights = zip(*lines, strict=True)
     k = len(experts[0])

@@ -5,7 +5,7 @@ import pytest
 from helpers import route_block
 
 from moe_profiler.analysis.coactivation import CoActivation
-from moe_profiler.columns import DECODE
+from moe_profiler.reading.columns import DECODE
 
 
 def lines(layer, sets):

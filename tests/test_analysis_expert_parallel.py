@@ -7,7 +7,7 @@ import pytest
 from helpers import route_block
 
 from moe_profiler.analysis import expert_parallel as ep
-from moe_profiler.columns import DECODE
+from moe_profiler.reading.columns import DECODE
 
 
 def top1_lines(step, experts, first_token=0):

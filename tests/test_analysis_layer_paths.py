@@ -7,7 +7,7 @@ import pytest
 from helpers import route_block
 
 from moe_profiler.analysis import layer_paths
-from moe_profiler.columns import PREFILL
+from moe_profiler.reading.columns import PREFILL
 
 
 def token(step, row, tops, layers=(0, 2, 5)):

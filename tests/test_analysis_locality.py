@@ -4,7 +4,7 @@ import pytest
 from helpers import route_block
 
 from moe_profiler.analysis.locality import TemporalLocality
-from moe_profiler.columns import DECODE, PREFILL
+from moe_profiler.reading.columns import DECODE, PREFILL
 
 REQUESTS = ["a-1", "b-2", "c-3", "d-4"]
 A, B, C, D = range(4)

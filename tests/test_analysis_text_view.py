@@ -6,7 +6,7 @@ import re
 from helpers import route_block
 
 from moe_profiler.analysis import text_view
-from moe_profiler.columns import DECODE, PREFILL
+from moe_profiler.reading.columns import DECODE, PREFILL
 
 REQUESTS = ["0-aaaaaaaa", "7-bbbbbbbb", "12-cccccccc"]
 

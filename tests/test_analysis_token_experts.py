@@ -3,7 +3,7 @@
 from helpers import route_block
 
 from moe_profiler.analysis import token_experts
-from moe_profiler.columns import PREFILL
+from moe_profiler.reading.columns import PREFILL
 
 # N=6 lines: n_e = 4 for every expert; n_t: token 7 x3, 9 x2, 8 x1
 LINES = [(7, [0, 1]), (7, [1, 0]), (7, [1, 2]), (9, [0, 2]), (9, [2, 0]), (8, [1, 2])]

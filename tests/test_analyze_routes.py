@@ -10,7 +10,8 @@ import pytest
 from helpers import distinct_ids, write_log
 
 from moe_profiler.analysis import pipeline
-from moe_profiler.local_models import build_tokenizer
+from moe_profiler.analysis.description import Options
+from moe_profiler.running.local_models import build_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = (0, 1, 3)
@@ -166,7 +167,7 @@ def test_a_schema1_log_gets_a_report_without_phases_or_tokens(tmp_path):
 
 def test_without_vllm_the_report_says_eplb_was_skipped(run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.distributed.eplb.policy.default", None)
-    analysis = pipeline.analyze([str(run["log"])], tmp_path, pipeline.Options())
+    analysis = pipeline.write_report([str(run["log"])], tmp_path, Options())
     assert analysis["ep_info"]["eplb_available"] is False
     assert set(analysis["ep"]["2"]) == {"contiguous"}
     assert "EPLB skipped:</strong> vLLM is not installed" in (tmp_path / "report.html").read_text()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
 
-from moe_profiler import report, routes
-from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE, RouteBlock
+from moe_profiler.analysis import usage_summary
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import DECODE, PREFILL, UNKNOWN_PHASE, RouteBlock
 from moe_route_log import log_format
 
 
@@ -272,7 +273,7 @@ def test_counts_logs_give_their_windows(tmp_path):
 def test_plot_on_counts_logs_sums_the_windows(tmp_path):
     write_counts_log(tmp_path / "c.h.dp0-pp0.jsonl", ranks={"dp": 0, "pp": 0, "tp": 0})
     write_counts_log(tmp_path / "c.h.dp1-pp0.jsonl", ranks={"dp": 1, "pp": 0, "tp": 0})
-    summary = report.analyze([str(tmp_path)], None, None)
+    summary = usage_summary.summarize_expert_usage([str(tmp_path)], None, None)
     assert summary["mode"] == "counts" and summary["count_windows"] == 4
     assert summary["layers"]["0"]["counts"] == [10, 20, 10]
     assert summary["layers"]["2"]["counts"] == [18, 16, 10]
@@ -281,7 +282,9 @@ def test_plot_on_counts_logs_sums_the_windows(tmp_path):
         round(1.0 / 16, 6),
         round((0.5 + 0.75) * 2 / 10, 6),
     ]
-    assert report.table(summary).startswith("2 file(s), ranks dp0-pp0-tp0, dp1-pp0-tp0: 4 count")
+    assert usage_summary.usage_table(summary).startswith(
+        "2 file(s), ranks dp0-pp0-tp0, dp1-pp0-tp0: 4 count"
+    )
 
 
 def test_merge_refuses_a_counts_log_with_a_routes_log(tmp_path):

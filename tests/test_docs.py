@@ -31,7 +31,7 @@ SCRIPTS = [
     "bench/plugin_smoke.py",
 ]
 COMMANDS = [["-m", "moe_profiler.cli"], ["-m", "moe_profiler.cli", "plot"]]
-COMMANDS += [["-m", "moe_profiler.cli", "export"]]
+COMMANDS += [["-m", "moe_profiler.cli", "export"], ["-m", "moe_profiler.cli", "analyze"]]
 
 
 def test_readme_env_table_is_envs_py():

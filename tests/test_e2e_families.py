@@ -3,7 +3,7 @@ later releases (the plugin) two of them: OLMoE (softmax top-k) and DeepSeek-V3 (
 grouped top-k, a score bias and a scaling factor applied by vLLM's MoE runner).
 
 One engine per family (a tiny random-weight model saved through transformers,
-moe_profiler/tiny_families.py), shared by the checks of that family: the header
+moe_profiler/verification/tiny_families.py), shared by the checks of that family: the header
 names the layers and the routing, every token has one line per logged layer, and
 the prompt routes equal transformers' own forward pass (tests/hf_reference.py:
 the factor each expert's output is multiplied by), ids and weights.
@@ -20,8 +20,9 @@ from e2e_helpers import REPO, assert_one_line_per_token_and_layer, engine, read_
 from hf_reference import dense_routes, top_k
 from vllm_under_test import patch_release
 
-from moe_profiler import oracle, routes, tiny_families
-from moe_profiler.tiny_families import FAMILIES
+from moe_profiler.reading import routes
+from moe_profiler.verification import oracle, tiny_families
+from moe_profiler.verification.tiny_families import FAMILIES
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,7 @@
 Tensor parallel (2 ranks, one file: only TP rank 0 writes), pipeline parallel (2
 stages, one file each with its own layers) and data parallel (2 engines launched
 the way vLLM's offline data-parallel example does, one file each with its own
-requests). Each run is merged with moe_profiler.routes and checked token by token
+requests). Each run is merged with moe_profiler.reading.routes and checked token by token
 and against Hugging Face transformers' router. Expert parallelism is GPU only:
 the CPU build's MoE kernel indexes experts globally and fails with
 enable_expert_parallel (an IndexError inside vLLM), so EP runs are on the H100s.
@@ -27,7 +27,8 @@ from e2e_helpers import (
 )
 from vllm_under_test import patch_release
 
-from moe_profiler import oracle, routes
+from moe_profiler.reading import routes
+from moe_profiler.verification import oracle
 
 pytestmark = pytest.mark.e2e
 ALL_LAYERS = list(range(NUM_LAYERS))

@@ -34,7 +34,8 @@ from e2e_helpers import (
 )
 from vllm_under_test import patch_release, release
 
-from moe_profiler import oracle, routes
+from moe_profiler.reading import routes
+from moe_profiler.verification import oracle
 
 pytestmark = pytest.mark.e2e
 

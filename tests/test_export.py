@@ -1,4 +1,4 @@
-"""Parquet export (moe_profiler/export.py) and the README's DuckDB query on its files."""
+"""Parquet export (moe_profiler/reading/export.py) and the README's DuckDB query on its files."""
 
 import json
 import re
@@ -12,8 +12,9 @@ import pytest
 from helpers import distinct_ids, write_log
 from test_blocks import write_counts_log
 
-from moe_profiler import export, routes, stats
-from moe_profiler.columns import RouteBlock
+from moe_profiler.analysis.load import ExpertLoad
+from moe_profiler.reading import export, routes
+from moe_profiler.reading.columns import RouteBlock
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,14 +114,15 @@ def test_the_readme_duckdb_query_counts_what_the_reader_counts(tmp_path):
     assert "'parquet/*.parquet'" in query
     rows = duckdb.sql(query.replace("'parquet/*.parquet'", f"'{out}/*.parquet'")).fetchall()
     logs = routes.open_logs(paths)
-    counter = stats.UsageCounter([1, 4, 6], 12)
+    load = ExpertLoad([1, 4, 6], 12, top_k=4)
     for block in routes.iter_blocks(logs, warn=lambda m: None):
-        counter.add_block(block)
+        load.add(block)
+    counts = load.totals()
     expected = [
-        (layer, expert, int(counter.counts[i, expert]))
-        for i, layer in enumerate(counter.layers)
+        (layer, expert, int(counts[i, expert]))
+        for i, layer in enumerate(load.rows.layers)
         for expert in range(12)
-        if counter.counts[i, expert]
+        if counts[i, expert]
     ]
     assert rows == expected
     assert sum(n for _, _, n in rows) == 65 * 4

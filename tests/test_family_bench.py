@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from moe_profiler import family_check, routes, routing_rules
+from moe_profiler.reading import routes
+from moe_profiler.verification import family_check, routing_rules
 
 sys.path.insert(0, str(REPO / "bench"))
 import family_bench

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from moe_profiler.generate import RunOptions, merge_timing, set_log_environment
+from moe_profiler.running.generate import RunOptions, merge_timing, set_log_environment
 
 SETUP = {"model": "m", "prompts": 2, "max_tokens": 4}
 
@@ -67,7 +67,7 @@ def test_different_outputs_are_reported_and_a_new_setup_starts_afresh(tmp_path):
 
 
 def test_output_folders_are_made_when_missing(tmp_path):
-    from moe_profiler.generate import write_records
+    from moe_profiler.running.generate import write_records
 
     out = write_records([{"request_id": "0", "token_ids": [1, 2]}], tmp_path / "new" / "o.jsonl")
     assert out.read_text() == '{"request_id": "0", "token_ids": [1, 2]}\n'

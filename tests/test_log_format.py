@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 from moe_route_log import log_format
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
 
-from moe_profiler import report, routes
+from moe_profiler.analysis import usage_summary
+from moe_profiler.reading import routes
 from moe_route_log.naming import rank_log_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def test_files_from_two_simulated_hosts_merge(tmp_path):
         )
     found = routes.rank_files(tmp_path / "moe.jsonl")
     assert [p.name for p in found] == ["moe.nodeA.dp0-pp0.jsonl", "moe.nodeB.dp0-pp1.jsonl"]
-    summary = report.analyze([str(tmp_path)], None, tmp_path / "s.json")
+    summary = usage_summary.summarize_expert_usage([str(tmp_path)], None, tmp_path / "s.json")
     assert summary["ranks"] == ["dp0-pp0-tp0", "dp0-pp1-tp0"]
     assert sorted(summary["layers"]) == ["0", "1", "2", "3"]
     for layer, (ids, col) in {"0": (stage0, 0), "3": (stage1, 1)}.items():

@@ -1,9 +1,10 @@
-"""Comparing a log with a reference record of routes (moe_profiler/oracle.py)."""
+"""Comparing a log with a reference record of routes (moe_profiler/verification/oracle.py)."""
 
 import numpy as np
 from helpers import distinct_ids, write_log
 
-from moe_profiler import oracle, routes
+from moe_profiler.reading import routes
+from moe_profiler.verification import oracle
 
 
 def logs_of(path):

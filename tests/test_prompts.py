@@ -1,4 +1,4 @@
-"""make_prompts.py and prompts.txt (moe_profiler/prompts.py)."""
+"""make_prompts.py and prompts.txt (moe_profiler/running/prompts.py)."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_profiler import prompts
+from moe_profiler.running import prompts
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""plot_experts.py and the analysis behind it (moe_profiler/report.py)."""
+"""plot_experts.py and the analysis behind it (moe_profiler/analysis/usage_summary.py)."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from helpers import distinct_ids, write_log
 
-from moe_profiler import report
+from moe_profiler.analysis import usage_summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def test_single_layer_gets_a_histogram_only(tmp_path):
     log = write_log(
         tmp_path / "one.jsonl", [distinct_ids(np.random.default_rng(1), 9, 1, 2, 8)], layers=(3,)
     )
-    summary = report.analyze([str(log)], tmp_path / "h.png", None)
+    summary = usage_summary.summarize_expert_usage([str(log)], tmp_path / "h.png", None)
     assert list(summary["layers"]) == ["3"]
     assert (tmp_path / "h.png").stat().st_size > 5_000
 

@@ -6,9 +6,10 @@ import pytest
 from helpers import distinct_ids, write_log
 from PIL import Image
 
-from moe_profiler import report_browser
 from moe_profiler.analysis import pipeline, text_view
-from moe_profiler.local_models import build_tokenizer
+from moe_profiler.analysis.description import Options
+from moe_profiler.running.local_models import build_tokenizer
+from moe_profiler.verification import report_browser
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,8 @@ def report(tmp_path_factory, questions):
     other = write_log(tmp / "b.jsonl", [distinct_ids(rng, 9, 3, 2, 8)], layers=(0, 1, 2))
     tokenizer = tmp / "tokenizer"
     build_tokenizer(questions[:200], 300).save_pretrained(tokenizer)
-    options = pipeline.Options(tokenizer=str(tokenizer), compare=[str(other)], min_count=1)
-    analysis = pipeline.analyze([str(log)], tmp / "out", options)
+    options = Options(tokenizer=str(tokenizer), compare=[str(other)], min_count=1)
+    analysis = pipeline.write_report([str(log)], tmp / "out", options)
     return tmp / "out" / "report.html", analysis, steps
 
 

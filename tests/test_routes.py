@@ -1,4 +1,4 @@
-"""Reading logs back (moe_profiler/routes.py): schemas, bad lines, several files."""
+"""Reading logs back (moe_profiler/reading/routes.py): schemas, bad lines, several files."""
 
 import fcntl
 import shutil
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import distinct_ids, write_log
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,4 +1,4 @@
-"""moe_profiler/routing_rules.py against transformers' own forward pass, family by family.
+"""moe_profiler/verification/routing_rules.py against transformers' forward pass, family by family.
 
 The rule, read off each tiny model's config.json and applied to its router logits,
 must give the experts and weights transformers' forward pass multiplies the expert
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from hf_reference import dense_routes, router_logits
 
-from moe_profiler import routing_rules
-from moe_profiler.tiny_families import FAMILIES
+from moe_profiler.verification import routing_rules
+from moe_profiler.verification.tiny_families import FAMILIES
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 from moe_route_log import control
 from moe_route_log.envs import read_config
 from moe_route_log.recorder import LayerRecorder

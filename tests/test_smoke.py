@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 from moe_route_log import wire
 from moe_route_log.writer import WriterProcess, WriterStartError
 

@@ -164,7 +164,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="new folder for models and logs")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
-    from moe_profiler.local_models import build_tiny_moe
+    from moe_profiler.running.local_models import build_tiny_moe
 
     questions = [json.loads(line)["question"] for line in GSM8K.open() if line.strip()]
     args.out.mkdir(parents=True)

@@ -2,7 +2,7 @@
 """A schema-3 route log made without vLLM, for the report's documentation picture.
 
 Builds (or reuses) a small random-weight Qwen2-MoE with a tokenizer trained on GSM8K
-(moe_profiler/local_models.py), generates greedily with Hugging Face transformers,
+(moe_profiler/running/local_models.py), generates greedily with Hugging Face transformers,
 takes each token's router top-k (softmax weights, as Qwen2-MoE applies them) from
 ``output_router_logits``, and writes them with the logger's own encoder
 (log_format.py) the way a vLLM engine would: one prefill pass holding every prompt,
@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from moe_profiler.local_models import build_tiny_moe  # noqa: E402
+from moe_profiler.running.local_models import build_tiny_moe  # noqa: E402
 from moe_route_log import log_format  # noqa: E402
 
 GSM8K = REPO.parent / "shared/data/gsm8k/test.jsonl"

@@ -16,7 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moe_profiler import report_browser
+from moe_profiler.verification import report_browser
 
 
 def top_of(selector: str):

@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows
-from moe_profiler.columns import RouteBlock
+from moe_profiler.analysis.description import Analysis, Finished, Need
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
+from moe_profiler.reading.columns import RouteBlock
 
 
 class CoActivation:
@@ -93,3 +96,48 @@ def figure(coactivation: CoActivation, layer: int, title: str):
     bar.set_label("log2 lift (0 = chance, +1 = twice as often, -3 = never or rarer)")
     fig.tight_layout()
     return fig
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The lift heatmap of the chosen layer and its strongest pairs."""
+    layer = done.run.layer
+    pairs = done.results["coactivation"][str(layer)]["top_pairs"]
+    rows = [
+        [f"{p['experts'][0]} + {p['experts'][1]}", f"{p['count']:,}", number(p["lift"], 2)]
+        for p in pairs
+    ]
+    return (
+        figure_html(
+            figure_uri,
+            "coactivation",
+            f"Layer {layer}: for every pair of experts, how much more often they share a token's "
+            "top-k than independent choices at the same loads would (red: more often, blue: "
+            "less often, log2 scale).",
+        )
+        + (
+            table(["pair", "tokens with both", "lift"], rows)
+            if rows
+            else note("No pair reached the minimum count.")
+        )
+        + note(
+            "lift = tokens with both × all tokens / (tokens with a × tokens with b); pairs seen "
+            "fewer than the minimum count are not listed. Every layer: "
+            "<code>analysis.json</code> → <code>coactivation</code>."
+        )
+    )
+
+
+ANALYSIS = Analysis(
+    key="coactivation",
+    title="Co-activation",
+    question="Which experts are chosen together for the same token, more (or less) often than "
+    "chance?",
+    keys=("coactivation",),
+    needs=frozenset({Need.TOKEN_ROUTES}),
+    start=lambda run: CoActivation(run.layers, run.num_experts),
+    results=lambda pairs, run: {
+        "coactivation": pairs.result(run.options.top, run.options.min_count)
+    },
+    figure=lambda done: figure(done.accumulator, done.run.layer, done.run.title),
+    section=section,
+)

@@ -1,8 +1,12 @@
-"""Small pieces every analysis shares: logged layers as rows, safe shares."""
+"""Small pieces every analysis shares: logged layers as rows, safe shares, the run's name."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from moe_profiler.reading import routes
 
 
 class LayerRows:
@@ -28,3 +32,26 @@ def shares(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum(axis=-1, keepdims=True)
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+
+
+def run_identity(logs: list[routes.LogFile]) -> dict:
+    """What every output says of the logs it read: model, run, schema, shape, files."""
+    header = logs[0].header
+    return {
+        "model_id": header.get("model_id"),
+        "model_name": model_label(header),
+        "run_id": header.get("run_id"),
+        "schema": header["schema"],
+        "num_experts": header["num_experts"],
+        "top_k": header["top_k"],
+        "files": [str(log.path) for log in logs],
+    }
+
+
+def model_label(header: dict) -> str:
+    """The model's name for titles: the header's ``model_name`` (hub id or folder name).
+
+    Logs written before that field existed: the last part of an absolute path.
+    """
+    name = header.get("model_name") or header.get("model_id") or "unknown model"
+    return os.path.basename(name.rstrip("/")) if os.path.isabs(name) else name

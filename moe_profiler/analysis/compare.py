@@ -4,14 +4,23 @@ Per layer logged in both runs, each run's expert distribution is the share of al
 top-k choices that went to each expert. ``jsd_bits`` is the Jensen-Shannon divergence
 between the two distributions in bits (0 = identical, 1 = no expert in common);
 ``moved`` lists the experts whose share changed most (run B minus run A, in points
-of share).
+of share). Run B (``--compare``) may be a routes or a counts log of the same model;
+it is read after run A.
 """
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 
-from moe_profiler.analysis.common import shares
+from moe_profiler.analysis.common import model_label, shares
+from moe_profiler.analysis.description import Analysis, Finished, Need, OptionError, Run
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
+from moe_profiler.analysis.load import ExpertLoad, count_expert_usage
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import RouteBlock
 
 
 def jensen_shannon_bits(p: np.ndarray, q: np.ndarray) -> float:
@@ -90,3 +99,98 @@ def figure(result: dict, counts_a, layers_a, counts_b, layers_b, labels: tuple[s
     right.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+class TwoRuns:
+    """Run A's load, fed the read's blocks; run B's, read from its own logs by ``read_b``."""
+
+    def __init__(self, run: Run, logs_b: list[routes.LogFile]) -> None:
+        self.a = ExpertLoad(run.layers, run.num_experts, run.top_k)
+        self.logs_b = logs_b
+        self.b: ExpertLoad | None = None
+
+    def add(self, block: RouteBlock) -> None:
+        self.a.add(block)
+
+    def read_b(self, run: Run) -> ExpertLoad:
+        options = run.options
+        self.b = count_expert_usage(self.logs_b, strict=options.strict, warn=options.warn)
+        return self.b
+
+
+def _start(run: Run) -> TwoRuns | None:
+    """Run B's logs, checked against run A (None: no ``--compare``)."""
+    if not run.options.compare:
+        return None
+    logs_b = routes.open_logs(routes.find_logs(run.options.compare))
+    experts_b = logs_b[0].header["num_experts"]
+    if experts_b != run.num_experts:
+        raise OptionError(
+            f"--compare {logs_b[0].path}: {experts_b} experts, "
+            f"the logs analysed have {run.num_experts}"
+        )
+    return TwoRuns(run, logs_b)
+
+
+def _results(runs: TwoRuns, run: Run) -> dict:
+    b = runs.read_b(run)
+    return {
+        "compare": {
+            "b": {
+                "files": [str(log.path) for log in runs.logs_b],
+                "model": model_label(runs.logs_b[0].header),
+            },
+            "layers": compare_runs(
+                runs.a.totals(), runs.a.rows.layers, b.totals(), b.rows.layers, run.options.top
+            ),
+        }
+    }
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The figure and, per common layer, the divergence and the experts that moved most."""
+    comparison = done.results["compare"]
+    rows = [
+        [
+            layer,
+            number(v["jsd_bits"], 4),
+            ", ".join(f"{m['expert']} ({m['delta'] * 100:+.1f} pts)" for m in v["moved"][:3]),
+        ]
+        for layer, v in comparison["layers"].items()
+    ]
+    return (
+        figure_html(
+            figure_uri,
+            "compare",
+            "Left: Jensen-Shannon divergence between the two runs' expert distributions per "
+            "layer (0 = identical, 1 = disjoint); right: both runs' shares at the layer "
+            "where they differ most.",
+        )
+        + table(["layer", "JSD (bits)", "experts that moved most (B - A)"], rows)
+        + note("Run B: " + "<br>".join(html.escape(f) for f in comparison["b"]["files"]))
+    )
+
+
+def _figure(done: Finished):
+    runs = done.accumulator
+    return figure(
+        done.results["compare"]["layers"],
+        runs.a.totals(),
+        runs.a.rows.layers,
+        runs.b.totals(),
+        runs.b.rows.layers,
+        ("this run", "--compare run"),
+    )
+
+
+ANALYSIS = Analysis(
+    key="compare",
+    title="Compare two runs",
+    question="Does another prompt set (run B, --compare) route differently from this one (run A)?",
+    keys=("compare",),
+    needs=frozenset({Need.EXPERT_COUNTS}),
+    start=_start,
+    results=_results,
+    figure=_figure,
+    section=section,
+)

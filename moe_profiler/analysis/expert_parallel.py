@@ -25,13 +25,18 @@ holds 4 x layers x experts bytes per pass) and are scored in chunks at the end.
 
 from __future__ import annotations
 
+import html
+import json
 import tempfile
 from collections.abc import Callable
 
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows
-from moe_profiler.columns import RouteBlock
+from moe_profiler.analysis.description import Analysis, Finished, Need, Run
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
+from moe_profiler.reading.columns import RouteBlock
 
 _CHUNK_PASSES = 512
 
@@ -133,6 +138,11 @@ class ExpertParallelWhatIf:
                 self._flush()
                 self._open_key = key
             self._open += counts[i]
+
+    def whole_run_totals(self) -> np.ndarray:
+        """int64 [layers, experts]: times each expert was chosen over the whole read."""
+        self._flush()
+        return self.totals
 
     def _flush(self) -> None:
         if self._open_key is None:
@@ -259,3 +269,88 @@ def figure(result: dict, title: str):
     axis.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The figure, balancedness per EP size and placement, what EPLB was and assumed."""
+    info, ep = done.results["ep_info"], done.results["ep"]
+    names = ["contiguous", "eplb", "eplb_redundant"]
+    head, rows = ["GPUs"], []
+    for name in names:
+        if any(name in v for v in ep.values()):
+            head += [f"{name} per pass", f"{name} totals"]
+    for size, placements in ep.items():
+        row = [size]
+        for name in names:
+            if name in placements:
+                p = placements[name]
+                redundant = f" (+{p['redundant']})" if name != "contiguous" else ""
+                row += [number(p["balancedness"]) + redundant, number(p["balancedness_of_totals"])]
+        rows.append(row)
+    eplb = (
+        f"EPLB placements come from {html.escape(info['eplb'])}, fitted on this run's whole-run "
+        "loads and scored on the same run: the best EPLB could do for this traffic. "
+        "(+R) is the number of redundant experts (extra copies of hot experts)."
+        if info["eplb_available"]
+        else f"<strong>EPLB skipped:</strong> {html.escape(info['eplb'])}."
+    )
+    return (
+        figure_html(
+            figure_uri,
+            "ep",
+            "Balancedness (mean GPU load / busiest GPU's load, 1 = perfectly even) against the "
+            "number of GPUs, per forward pass (solid) and on the whole run's totals (dashed).",
+        )
+        + table(head, rows)
+        + note(
+            f"{info['passes']:,} passes. A GPU's load is the number of (token, expert choice) "
+            "pairs landing on its experts; per-pass values are averaged over passes weighted by "
+            "their tokens and over layers. <em>contiguous</em> is vLLM's default placement "
+            f"(expert ids split in equal ranges). {eplb} A replicated expert's load is split "
+            "evenly between its copies (vLLM alternates copies by position in the batch). "
+            "<code>sglang_logical_count.json</code> holds the per-layer loads in the format "
+            "SGLang's <code>--init-expert-location</code> reads."
+        )
+    )
+
+
+def _results(what_if: ExpertParallelWhatIf, run: Run) -> dict:
+    rebalance, eplb_source = (
+        load_eplb_policy() if run.options.eplb else (None, "turned off with --no-eplb")
+    )
+    return {
+        "ep": what_if.result(rebalance),
+        "ep_info": {
+            "passes": what_if.passes,
+            "eplb": eplb_source,
+            "eplb_available": rebalance is not None,
+            "redundant_per_gpu": run.options.redundant_per_gpu,
+            "replica_split": "even share per replica (vLLM: flat index % replicas)",
+        },
+    }
+
+
+def _sglang_file(done: Finished) -> dict[str, str]:
+    run = done.run
+    num_layers = run.logs[0].header.get("num_layers") or max(run.layers) + 1
+    totals = done.accumulator.whole_run_totals()
+    logical = sglang_logical_count(totals, run.layers, num_layers)
+    return {"sglang_logical_count.json": json.dumps(logical) + "\n"}
+
+
+ANALYSIS = Analysis(
+    key="ep",
+    title="Expert-parallel what-if",
+    question="Serving this model with expert parallelism on N GPUs (each GPU holds some "
+    "experts), how unevenly are the GPUs loaded, step by step, and what would vLLM's "
+    "expert-parallel load balancer (EPLB) change?",
+    keys=("ep", "ep_info"),
+    needs=frozenset({Need.EXPERT_COUNTS, Need.PASSES}),
+    start=lambda run: ExpertParallelWhatIf(
+        run.layers, run.num_experts, run.options.redundant_per_gpu
+    ),
+    results=_results,
+    figure=lambda done: figure(done.results["ep"], done.run.title) if done.results["ep"] else None,
+    section=section,
+    files=_sglang_file,
+)

@@ -20,7 +20,10 @@ from itertools import pairwise
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows
-from moe_profiler.columns import RouteBlock
+from moe_profiler.analysis.description import Analysis, Finished, Need
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
+from moe_profiler.reading.columns import RouteBlock
 
 
 class LayerTransitions:
@@ -138,3 +141,72 @@ def figure(transitions: LayerTransitions, pair: str, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The figure and, per adjacent pair, mutual information and the strongest transition."""
+    rows = []
+    for pair, v in done.results["transitions"].items():
+        best = v["top"][0] if v["top"] else None
+        rows.append(
+            [
+                pair,
+                f"{v['tokens']:,}",
+                number(v["mutual_information_bits"]),
+                number(v["mi_bias_bits"]),
+                number(v["entropy_to_bits"]),
+                f"{best['from']} → {best['to']} (p {best['p']:.2f})" if best else "-",
+            ]
+        )
+    if not rows:
+        return note("Only one layer was logged: no layer pairs.")
+    return (
+        figure_html(
+            figure_uri,
+            "transitions",
+            "Left: for a token whose top-1 expert at layer l is the row, the chance that its "
+            "top-1 at the next logged layer is the column; right: mutual information between "
+            "the two choices for every pair of adjacent logged layers (red mark: what "
+            "unrelated layers would show with this many tokens).",
+        )
+        + table(
+            [
+                "layers",
+                "tokens",
+                "mutual information (bits)",
+                "expected if unrelated",
+                "entropy of the next top-1",
+                "strongest transition",
+            ],
+            rows,
+        )
+        + note(
+            "Mutual information 0 = no prediction; equal to the entropy of the next top-1 = "
+            "fully determined."
+        )
+    )
+
+
+def _figure(done: Finished):
+    """The chosen layer's pair (the last pair if the layer starts none)."""
+    names = list(done.results["transitions"])
+    if not names:
+        return None
+    pair = next((n for n in names if n.startswith(f"{done.run.layer}->")), names[-1])
+    return figure(done.accumulator, pair, done.run.title)
+
+
+ANALYSIS = Analysis(
+    key="paths",
+    title="Layer paths",
+    question="Does the expert a token uses at one layer predict the expert it uses at the next "
+    "layer?",
+    keys=("transitions",),
+    needs=frozenset({Need.TOKEN_ROUTES, Need.WEIGHTS}),
+    start=lambda run: LayerTransitions(run.layers, run.num_experts),
+    results=lambda paths, run: {
+        "transitions": paths.result(run.options.top, run.options.min_count)
+    },
+    figure=_figure,
+    section=section,
+)

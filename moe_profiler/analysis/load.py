@@ -1,27 +1,39 @@
 """Load: how often each expert of each layer is chosen, split into prefill and decode.
 
-The counts ``plot_experts.py`` gives (times in a token's top-k, mean router weight,
-balance metrics), kept apart for prompt tokens (prefill) and generated tokens
-(decode); lines whose phase is unknown (logs before schema 3) go to ``unknown``.
+Times in a token's top-k, mean router weight and balance metrics per layer, kept
+apart for prompt tokens (prefill) and generated tokens (decode); lines whose phase is
+unknown (logs before schema 3) and the windows of counts logs (counted on the
+device, not split by phase) go to ``unknown``. All phases together this is also what
+``plot_experts.py`` reports (``usage_summary``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows, shares
-from moe_profiler.columns import DECODE, PREFILL, RouteBlock
-from moe_profiler.stats import layer_metrics
+from moe_profiler.analysis.description import Analysis, Finished, Need
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import DECODE, PREFILL, CountsWindow, RouteBlock
 
 PHASES = ("prefill", "decode", "unknown")
+_UNKNOWN = PHASES.index("unknown")
 
 
-class PhaseLoad:
-    """Per phase, layer and expert: times chosen and router weight sum. Feed with ``add``."""
+class ExpertLoad:
+    """Per phase, layer and expert: times chosen and router weight sum.
 
-    def __init__(self, layers: list[int], num_experts: int) -> None:
+    Feed it route blocks (``add``) or the windows of a counts log (``add_counts``);
+    memory is constant.
+    """
+
+    def __init__(self, layers: list[int], num_experts: int, top_k: int) -> None:
         self.rows = LayerRows(layers)
-        self.num_experts = num_experts
+        self.num_experts, self.top_k = num_experts, top_k
         shape = (len(PHASES), len(self.rows), num_experts)
         self.counts = np.zeros(shape, dtype=np.int64)
         self.weight_sums = np.zeros(shape, dtype=np.float64)
@@ -29,7 +41,7 @@ class PhaseLoad:
 
     def add(self, block: RouteBlock) -> None:
         """Count the lines of ``block``."""
-        phase = np.where(block.phase == PREFILL, 0, np.where(block.phase == DECODE, 1, 2))
+        phase = np.where(block.phase == PREFILL, 0, np.where(block.phase == DECODE, 1, _UNKNOWN))
         cell = phase * len(self.rows) + self.rows.rows(block.layer)
         self.tokens += np.bincount(cell, minlength=self.tokens.size).reshape(self.tokens.shape)
         flat = (cell[:, None] * self.num_experts + block.experts).ravel()
@@ -39,9 +51,20 @@ class PhaseLoad:
             flat, weights=block.weights.ravel().astype(np.float64), minlength=size
         ).reshape(self.counts.shape)
 
+    def add_counts(self, window: CountsWindow) -> None:
+        """Add one window of a counts log (phase unknown: the device counts all tokens)."""
+        rows = self.rows.rows(window.layers)
+        self.counts[_UNKNOWN, rows] += window.counts
+        self.weight_sums[_UNKNOWN, rows] += window.weight_sums
+        self.tokens[_UNKNOWN, rows] += window.counts.sum(axis=1) // self.top_k
+
     def totals(self) -> np.ndarray:
         """int64 [layers, experts]: times chosen, all phases together."""
         return self.counts.sum(axis=0)
+
+    def weight_totals(self) -> np.ndarray:
+        """float64 [layers, experts]: router weight sums, all phases together."""
+        return self.weight_sums.sum(axis=0)
 
     def result(self) -> dict:
         """``{"load": {layer: all phases}, "prefill_decode": {layer: {phase: ...}}}``."""
@@ -74,7 +97,51 @@ class PhaseLoad:
         }
 
 
-def figure(load: PhaseLoad, layer: int, title: str):
+def count_expert_usage(
+    logs: list[routes.LogFile], strict: bool = False, warn: Callable[[str], None] | None = None
+) -> ExpertLoad:
+    """The load of ``logs`` (one run, see ``routes.open_logs``): route lines or counts windows."""
+    header = logs[0].header
+    layers = sorted({layer for log in logs for layer in log.header["layers"]})
+    load = ExpertLoad(layers, header["num_experts"], header["top_k"])
+    if logs[0].mode == routes.COUNTS_MODE:
+        for window in routes.iter_counts(logs, strict=strict, warn=warn):
+            load.add_counts(window)
+    else:
+        for block in routes.iter_blocks(logs, strict=strict, warn=warn):
+            load.add(block)
+    return load
+
+
+def layer_metrics(counts: np.ndarray) -> dict:
+    """Load-balance metrics of one layer's per-expert counts.
+
+    max_over_mean: hottest expert's load over the mean load (1 = perfectly even);
+    cv: coefficient of variation of the loads; entropy: normalised Shannon
+    entropy of the usage distribution (1 = uniform); jain: Jain's fairness index
+    (1 = uniform, 1/n = one expert takes everything).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n, total = len(counts), counts.sum()
+    if total == 0:
+        return {"assignments": 0}
+    mean = total / n
+    share = counts / total
+    nonzero = share[share > 0]
+    order = np.argsort(-counts, kind="stable")
+    return {
+        "assignments": int(total),
+        "max_over_mean": float(counts.max() / mean),
+        "cv": float(counts.std() / mean),
+        "entropy": float(-(nonzero * np.log(nonzero)).sum() / np.log(n)) if n > 1 else 1.0,
+        "jain": float(total**2 / (n * (counts**2).sum())),
+        "unused_experts": int((counts == 0).sum()),
+        "hottest": [{"expert": int(e), "count": int(counts[e])} for e in order[:3]],
+        "coldest": [{"expert": int(e), "count": int(counts[e])} for e in order[::-1][:3]],
+    }
+
+
+def figure(load: ExpertLoad, layer: int, title: str):
     """Usage per expert at ``layer``, prefill next to decode (shares), and a layer heatmap."""
     import matplotlib.pyplot as plt
 
@@ -107,14 +174,76 @@ def figure(load: PhaseLoad, layer: int, title: str):
     bars.set_title(f"{title}: layer {layer}")
     bars.legend(loc="upper right", fontsize=8)
     if several:
-        heat = axes[1][0]
-        relative = shares(load.totals()) * load.num_experts
-        image = heat.imshow(relative, aspect="auto", cmap="magma", interpolation="nearest")
-        heat.set_xlabel("expert id")
-        heat.set_ylabel("layer")
-        ticks = np.linspace(0, len(load.rows) - 1, min(len(load.rows), 12)).round().astype(int)
-        heat.set_yticks(ticks, [str(load.rows.layers[t]) for t in ticks])
-        heat.set_title("usage relative to the uniform share (1 = even), all tokens")
-        fig.colorbar(image, ax=heat, fraction=0.03, pad=0.01)
+        usage_heatmap(
+            fig,
+            axes[1][0],
+            load.totals(),
+            load.rows.layers,
+            "usage relative to the uniform share (1 = even), all tokens",
+        )
     fig.tight_layout()
     return fig
+
+
+def usage_heatmap(fig, axis, counts: np.ndarray, layers: list[int], title: str) -> None:
+    """Layer x expert image of each expert's usage relative to the uniform share (1 = even)."""
+    relative = shares(counts) * counts.shape[1]
+    image = axis.imshow(relative, aspect="auto", cmap="magma", interpolation="nearest")
+    axis.set_xlabel("expert id")
+    axis.set_ylabel("layer")
+    ticks = np.linspace(0, len(layers) - 1, min(len(layers), 12)).round().astype(int)
+    axis.set_yticks(ticks, [str(layers[t]) for t in ticks])
+    axis.set_title(title)
+    fig.colorbar(image, ax=axis, fraction=0.03, pad=0.01)
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The figure, a table of both phases per layer (tokens, max/mean, hottest experts)."""
+    rows = []
+    for key, phases in done.results["prefill_decode"].items():
+        row = [key]
+        for phase in ("prefill", "decode"):
+            v = phases.get(phase, {})
+            hot = ", ".join(str(h["expert"]) for h in v.get("hottest", []))
+            row += [f"{v.get('tokens', 0):,}", number(v.get("max_over_mean"), 2), hot or "-"]
+        rows.append(row)
+    return (
+        figure_html(
+            figure_uri,
+            "load",
+            f"Top: each expert's share of the choices at layer {done.run.layer}, prefill (blue) "
+            "next to decode (orange), dashed line = every expert equally used; below: every "
+            "logged layer's usage relative to that even share.",
+        )
+        + table(
+            [
+                "layer",
+                "prefill tokens",
+                "prefill max/mean",
+                "prefill hottest",
+                "decode tokens",
+                "decode max/mean",
+                "decode hottest",
+            ],
+            rows,
+        )
+        + note(
+            "max/mean: the hottest expert's load over the mean load (1 = even). Counts, mean "
+            "router weights, entropy and Jain's index per phase: <code>analysis.json</code> → "
+            "<code>prefill_decode</code>, <code>load</code>."
+        )
+    )
+
+
+ANALYSIS = Analysis(
+    key="load",
+    title="Load: prefill and decode",
+    question="Which experts does the model use, and do prompt tokens (prefill) use them "
+    "differently from generated tokens (decode)?",
+    keys=("load", "prefill_decode"),
+    needs=frozenset({Need.EXPERT_COUNTS}),
+    start=lambda run: ExpertLoad(run.layers, run.num_experts, run.top_k),
+    results=lambda load, run: load.result(),
+    figure=lambda done: figure(done.accumulator, done.run.layer, done.run.title),
+    section=section,
+)

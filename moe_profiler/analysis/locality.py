@@ -22,7 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows, shares
-from moe_profiler.columns import DECODE, RouteBlock
+from moe_profiler.analysis.description import Analysis, Finished, Need
+from moe_profiler.analysis.html_parts import figure as figure_html
+from moe_profiler.analysis.html_parts import note, number, table
+from moe_profiler.reading.columns import DECODE, RouteBlock
 
 _FIELDS = ("source", "request", "row", "pos", "step", "top1")
 
@@ -168,3 +171,55 @@ def figure(result: dict, top_k: int, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The figure and, per layer, the repeat rate and Jaccard overlap against independence."""
+    rows = [
+        [
+            layer,
+            f"{v['pairs']:,}",
+            number(v["same_top1"]),
+            number(v["same_top1_independent"]),
+            number(v["jaccard"]),
+            number(v["jaccard_independent"]),
+        ]
+        for layer, v in done.results["locality"].items()
+    ]
+    return (
+        figure_html(
+            figure_uri,
+            "locality",
+            "Per layer, for consecutive decode tokens of one request: left, how often the top-1 "
+            "expert repeats; right, how much the two top-k sets overlap (Jaccard); blue "
+            "measured, red what independent tokens at the same loads would give.",
+        )
+        + table(
+            ["layer", "token pairs", "same top-1", "independent", "Jaccard", "independent"], rows
+        )
+        + note(
+            "Jaccard = shared experts / experts in either set. Prompt tokens are not counted "
+            "(they are processed together, not one after another)."
+        )
+    )
+
+
+def _figure(done: Finished):
+    result = done.results["locality"]
+    if not any(v["pairs"] for v in result.values()):
+        return None
+    return figure(result, done.run.top_k, done.run.title)
+
+
+ANALYSIS = Analysis(
+    key="locality",
+    title="Temporal locality",
+    question="Do consecutive generated tokens of one request stick to the same experts (what "
+    "expert caching and offloading rely on)?",
+    keys=("locality",),
+    needs=frozenset({Need.TOKEN_ROUTES, Need.WEIGHTS, Need.REQUESTS, Need.PHASES}),
+    start=lambda run: TemporalLocality(run.layers, run.num_experts, run.top_k),
+    results=lambda repeats, run: {"locality": repeats.result()},
+    figure=_figure,
+    section=section,
+)

@@ -6,7 +6,7 @@ the caller's id before vLLM's ``-<8 hex>`` suffix; the first file that has it), 
 default the longest of the first ``candidates`` requests of the read. Memory: at most
 ``candidates`` requests' lines. ``render`` makes an HTML fragment; a layer menu
 recolours it in the browser (the data is embedded; without scripts the first layer
-shown stays).
+shown stays); ``SCRIPT`` does that and follows the fragment on the page.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from collections.abc import Callable
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows
-from moe_profiler.columns import DECODE, PREFILL, RouteBlock
+from moe_profiler.analysis.description import Analysis, Finished, Need, Run
+from moe_profiler.analysis.html_parts import note
+from moe_profiler.reading.columns import DECODE, PREFILL, RouteBlock
 
 
 class RequestTokens:
@@ -192,3 +194,53 @@ SCRIPT = """
   recolour();
 })();
 """
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """The coloured text with its layer menu and script, or why there is none."""
+    summary, run = done.results["text_view"], done.run
+    view = done.accumulator.result()
+    if view:
+        return (
+            f'<p class="caption">Request {html.escape(summary["request"])} '
+            f"({summary['tokens']} tokens): each token coloured by its top-1 expert at the "
+            "chosen layer (hover for position, token id, expert and weight; underlined tokens "
+            "were generated).</p>"
+            + render(view, run.num_experts, run.layer, run.decode)
+            + f"<script>{SCRIPT}</script>"
+        )
+    if summary["request"] is None:
+        return note("No text view: these logs have no request ids (schema 1) or no route lines.")
+    seen = ", ".join(summary["seen"][:8]) if summary.get("seen") else "none"
+    return note(
+        f"No text view: request {html.escape(str(summary['request']))} is not in the logs "
+        f"(its first requests: {html.escape(seen)})."
+    )
+
+
+def _results(tokens: RequestTokens, run: Run) -> dict:
+    view = tokens.result()
+    if view is None:
+        return {
+            "text_view": {"request": run.options.request, "found": False, "seen": tokens.seen()}
+        }
+    return {
+        "text_view": {
+            "request": view["request"],
+            "source": view["source"],
+            "tokens": len(view["tokens"]),
+            "layer": run.layer,
+        }
+    }
+
+
+ANALYSIS = Analysis(
+    key="text_view",
+    title="One request, token by token",
+    question="Which expert did each token of one request go to, at each logged layer?",
+    keys=("text_view",),
+    needs=frozenset({Need.TOKEN_ROUTES, Need.WEIGHTS, Need.REQUESTS}),
+    start=lambda run: RequestTokens(run.layers, run.options.request),
+    results=_results,
+    section=section,
+)

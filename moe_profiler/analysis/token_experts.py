@@ -18,7 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from moe_profiler.analysis.common import LayerRows
-from moe_profiler.columns import RouteBlock
+from moe_profiler.analysis.description import Analysis, Finished, Need
+from moe_profiler.analysis.html_parts import note, table
+from moe_profiler.reading.columns import RouteBlock
 
 _MERGE_EVERY = 1 << 21  # buffered (layer, expert, token) keys before they are merged
 
@@ -105,3 +107,46 @@ class TokenSpecialisation:
                 if bounds[x + 1] > bounds[x]
             }
         return out
+
+
+def section(done: Finished, figure_uri: str | None) -> str:
+    """At the chosen layer, the experts with the strongest preferences and their tokens."""
+    layer = done.run.layer
+    experts = done.results["token_experts"].get(str(layer), {})
+    ranked = sorted(experts.items(), key=lambda kv: -kv[1][0]["lift"])[:16]
+    rows = [
+        [
+            expert,
+            ", ".join(f"{_token_text(t)} ×{t['lift']:.1f} ({t['count']})" for t in tokens[:5]),
+        ]
+        for expert, tokens in ranked
+    ]
+    return (
+        table(["expert", "most over-represented tokens: text ×lift (times seen)"], rows, left=2)
+        if rows
+        else note(
+            "No token reached the minimum count (or the logs carry no token ids: schema 3 logs do)."
+        )
+    ) + note(
+        f"Layer {layer}, the experts with the strongest preferences. lift = how much more "
+        "often the expert sees the token than its share of all tokens predicts. Every layer "
+        "and expert: <code>analysis.json</code> → <code>token_experts</code>."
+    )
+
+
+def _token_text(entry: dict) -> str:
+    return repr(entry["text"]) if "text" in entry else f"[{entry['token']}]"
+
+
+ANALYSIS = Analysis(
+    key="tokens",
+    title="Token specialisation",
+    question="Which tokens does each expert specialise in?",
+    keys=("token_experts",),
+    needs=frozenset({Need.TOKEN_ROUTES, Need.TOKEN_IDS}),
+    start=lambda run: TokenSpecialisation(run.layers, run.num_experts, run.top_k),
+    results=lambda specialists, run: {
+        "token_experts": specialists.result(run.options.top, run.options.min_count, run.decode)
+    },
+    section=section,
+)

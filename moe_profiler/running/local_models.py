@@ -109,10 +109,10 @@ def build_dummy_model_dir(
 
 
 def main() -> None:
-    """``python -m moe_profiler.local_models OUT --texts prompts.txt``: write a tiny MoE."""
+    """``python -m moe_profiler.running.local_models OUT --texts prompts.txt``: write a tiny MoE."""
     import argparse
 
-    from moe_profiler.prompts import read_prompts
+    from moe_profiler.running.prompts import read_prompts
 
     parser = argparse.ArgumentParser(
         description="Write a tiny random-weight Qwen2-MoE model folder (safetensors + tokenizer)."

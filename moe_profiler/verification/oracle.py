@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from moe_profiler import routes
+from moe_profiler.reading import routes
 
 
 @dataclass

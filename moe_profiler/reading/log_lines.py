@@ -2,8 +2,9 @@
 
 Every line type is handled here: route and request lines become ``RouteBlock``
 columns (request ids interned, each line told prefill or decode), counts lines
-become ``CountsWindow``s, the trailer and control lines are kept on the file, and
-every line that breaks the format becomes a problem (line number, why). The
+become ``CountsWindow``s, the trailer and control lines are handed back as they
+are, and every line that breaks the format becomes a problem (line number, why).
+Each block of lines gives one ``LinesRead``; ``routes`` adds them up per file. The
 checks run on whole columns; Python only touches the lines that fail them.
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moe_profiler.columns import DECODE, PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
-from moe_profiler.jsonl_blocks import LineBlock
+from moe_profiler.reading.columns import DECODE, PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
+from moe_profiler.reading.jsonl_blocks import LineBlock
 
 ROUTE_SCHEMA = pa.schema(
     [
@@ -49,6 +52,17 @@ COUNTS_SCHEMA = pa.schema(
 _NEVER = np.iinfo(np.int64).max
 
 Problem = tuple[int, str]  # (line number, why)
+Data = TypeVar("Data")
+
+
+@dataclass
+class LinesRead(Generic[Data]):
+    """What one block of a file's lines held: its data, and what else the file says there."""
+
+    data: Data  # RouteBlock (routes logs) or list[CountsWindow] (counts logs)
+    problems: list[Problem]  # the lines that break the format
+    trailer: dict | None = None  # the end-of-log line, if it is in this block
+    controls: list[dict] = field(default_factory=list)  # recording switched off or on, in order
 
 
 class RequestIds:
@@ -75,33 +89,33 @@ class RequestIds:
 class FileLines:
     """What every log file has besides its data: the trailer, control lines, bad lines.
 
-    ``sort`` hands back the rows of each data line type; the rest is recorded on
-    ``log`` (``trailer``, ``controls``) or reported as a problem.
+    ``sort`` hands back the rows of each data line type, and the rest of the block
+    as a ``LinesRead`` without data (trailer, control lines, problems).
     """
 
-    def __init__(self, log, data_types: tuple[str, ...]) -> None:
-        self.log = log
+    def __init__(self, data_types: tuple[str, ...]) -> None:
         self.data_types = data_types
         self.trailer_line: int | None = None
 
-    def sort(self, lines: LineBlock) -> tuple[dict[str, np.ndarray], list[Problem]]:
+    def sort(self, lines: LineBlock) -> tuple[dict[str, np.ndarray], LinesRead[None]]:
         rows, line_no = lines.rows, lines.line_no
-        problems = list(lines.bad)
+        read = LinesRead(None, list(lines.bad))
         if self.trailer_line is None and rows.num_rows:
             kinds = _array(rows, "type")
             ends = np.flatnonzero(_equal(kinds, "end"))
             if len(ends):
                 self.trailer_line = int(line_no[ends[0]])
-                self.log.trailer = _json(lines, self.trailer_line)
+                read.trailer = _json(lines, self.trailer_line)
         after = self.trailer_line if self.trailer_line is not None else _NEVER
-        problems = [
-            (n, "line after the end-of-log trailer" if n > after else why) for n, why in problems
+        read.problems = [
+            (n, "line after the end-of-log trailer" if n > after else why)
+            for n, why in read.problems
         ]
-        problems += [
+        read.problems += [
             (int(n), "line after the end-of-log trailer") for n in line_no[line_no > after]
         ]
         if not rows.num_rows:
-            return {t: np.zeros(0, dtype=np.int64) for t in self.data_types}, problems
+            return {t: np.zeros(0, dtype=np.int64) for t in self.data_types}, read
         kinds = _array(rows, "type")
         before = line_no <= after
         of_type = {t: np.flatnonzero(_equal(kinds, t) & before) for t in self.data_types}
@@ -111,23 +125,22 @@ class FileLines:
         for i in np.flatnonzero(other):  # control lines and strays: few
             kind, number = kinds[int(i)].as_py(), int(line_no[i])
             if kind == "control":
-                self.log.controls.append(_json(lines, number))
+                read.controls.append(_json(lines, number))
             else:
-                problems.append((number, f"unexpected line type {kind!r}"))
-        return of_type, problems
+                read.problems.append((number, f"unexpected line type {kind!r}"))
+        return of_type, read
 
 
 class RouteLines:
     """Route and request rows of one file -> ``RouteBlock``s, every route line checked."""
 
-    def __init__(self, log, source: int, requests: RequestIds) -> None:
-        header = log.header
-        self.log, self.source, self.requests = log, source, requests
-        self.schema = log.schema
+    def __init__(self, header: dict, source: int, requests: RequestIds) -> None:
+        self.source, self.requests = source, requests
+        self.schema = header["schema"]
         self.top_k, self.num_experts = header["top_k"], header["num_experts"]
         self.logged = np.zeros(max(header["layers"], default=0) + 1, dtype=bool)
         self.logged[header["layers"]] = True
-        self.lines = FileLines(log, ("route", "request") if self.schema >= 3 else ("route",))
+        self.lines = FileLines(("route", "request") if self.schema >= 3 else ("route",))
         # the fields a route line must have, in the order a missing one is reported
         self.required = ["experts", "weights", "layer", "step", "token"]
         self.required += ["req_id", "pos"] if self.schema >= 2 else []
@@ -138,9 +151,10 @@ class RouteLines:
         self.prompt_len = np.zeros(0, dtype=np.int64)  # per request code, this file's
         self.seen_from = np.zeros(0, dtype=np.int64)  # line of its first request line here
 
-    def block(self, lines: LineBlock) -> tuple[RouteBlock, list[Problem]]:
-        """The good route lines of ``lines``, and the problems of the others."""
-        of_type, problems = self.lines.sort(lines)
+    def block(self, lines: LineBlock) -> LinesRead[RouteBlock]:
+        """The good route lines of ``lines`` as one block; the problems of the others."""
+        of_type, read = self.lines.sort(lines)
+        problems = read.problems
         rows, line_no = lines.rows, lines.line_no
         codes = None
         if self.schema >= 2 and rows.num_rows:
@@ -150,9 +164,7 @@ class RouteLines:
             problems += self._request_lines(rows, of_type["request"], line_no, codes)
         route = of_type["route"]
         block, bad = self._route_lines(rows, route, line_no, codes)
-        problems += bad
-        self.log.routes += len(block)
-        return block, problems
+        return LinesRead(block, problems + bad, read.trailer, read.controls)
 
     def _grow(self, n: int) -> None:
         if len(self.prompt_len) < n:
@@ -303,15 +315,16 @@ class CountsLines:
 
     REQUIRED = ("t_start", "t_end", "steps", "tokens", "prefill_tokens", "layers", "counts")
 
-    def __init__(self, log, source: int) -> None:
-        self.log, self.source = log, source
-        self.layers = set(log.header["layers"])
-        self.num_experts = log.header["num_experts"]
-        self.lines = FileLines(log, ("counts",))
+    def __init__(self, header: dict, source: int) -> None:
+        self.source = source
+        self.layers = set(header["layers"])
+        self.num_experts = header["num_experts"]
+        self.lines = FileLines(("counts",))
 
-    def windows(self, lines: LineBlock) -> tuple[list[CountsWindow], list[Problem]]:
-        of_type, problems = self.lines.sort(lines)
-        windows = []
+    def windows(self, lines: LineBlock) -> LinesRead[list[CountsWindow]]:
+        """The good counts lines of ``lines`` as windows; the problems of the others."""
+        of_type, read = self.lines.sort(lines)
+        windows, problems = [], read.problems
         for i in of_type["counts"]:  # one line per time window: few, each checked in Python
             record = {
                 name: _array(lines.rows, name)[int(i)].as_py() for name in COUNTS_SCHEMA.names
@@ -321,8 +334,7 @@ class CountsLines:
                 windows.append(self._window(record))
             except ValueError as e:
                 problems.append((number, str(e)))
-        self.log.windows += len(windows)
-        return windows, problems
+        return LinesRead(windows, problems, read.trailer, read.controls)
 
     def _window(self, r: dict) -> CountsWindow:
         for name in self.REQUIRED:

@@ -3,7 +3,7 @@
 The GPU family bench (bench/family_bench.py) keeps, for every forward pass, the
 router logits of each logged layer and the pass's requests and positions
 (``TapStep``). ``rule_agreement`` applies the family's rule
-(moe_profiler/routing_rules.py, written from the model's definition, not from
+(moe_profiler/verification/routing_rules.py, written from the model's definition, not from
 vLLM's routing code) to those logits and compares ids (as sets) and weights with
 the log's route lines. Near-ties are counted apart: where the rule's k-th and
 (k+1)-th choice are exactly equal (bfloat16 logits make that happen), either
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from moe_profiler import routes
-from moe_profiler.routing_rules import Rule
+from moe_profiler.reading import routes
+from moe_profiler.verification.routing_rules import Rule
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_profiler.local_models import build_tokenizer
+from moe_profiler.running.local_models import build_tokenizer
 
 NUM_LAYERS = 3
 COMMON = {

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moe_profiler import routes
-from moe_profiler.columns import CountsWindow, RouteBlock
+from moe_profiler.reading import routes
+from moe_profiler.reading.columns import CountsWindow, RouteBlock
 
 ROW_GROUP_LINES = 1 << 20  # rows gathered before a row group is written
 

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from moe_profiler.columns import PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
-from moe_profiler.jsonl_blocks import BLOCK_BYTES, iter_line_blocks
-from moe_profiler.log_lines import (
+from moe_profiler.reading.columns import PREFILL, UNKNOWN_PHASE, CountsWindow, RouteBlock
+from moe_profiler.reading.jsonl_blocks import BLOCK_BYTES, iter_line_blocks
+from moe_profiler.reading.log_lines import (
     COUNTS_SCHEMA,
     ROUTE_SCHEMA,
     CountsLines,
-    Problem,
+    LinesRead,
     RequestIds,
     RouteLines,
 )
@@ -106,6 +106,18 @@ class LogFile:
     def _start_reading(self) -> None:
         self.trailer, self.problems, self.routes, self.windows, self.controls = None, [], 0, 0, []
 
+    def _add(self, read: LinesRead, strict: bool, warn: Callable[[str], None] | None) -> None:
+        """Add what one block of this file's lines held (its data is counted by the caller)."""
+        if read.trailer is not None:
+            self.trailer = read.trailer
+        self.controls += read.controls
+        for line_no, why in sorted(read.problems):
+            message = f"{self.path}:{line_no}: {why}"
+            if strict:
+                raise RouteLogError(message)
+            self.problems.append(message)
+            (warn or _warn)(message + " (skipped)")
+
 
 def read_header(path: Path) -> dict:
     """The meta line of ``path``, checked."""
@@ -151,11 +163,13 @@ def iter_blocks(
     for source, log in enumerate(logs):
         _expect_mode(log, ROUTES_MODE)
         log._start_reading()
-        lines = RouteLines(log, source, requests)
+        lines = RouteLines(log.header, source, requests)
         held: RouteBlock | None = None  # the last token's lines, until its group is complete
         for parsed in iter_line_blocks(log.path, ROUTE_SCHEMA, block_bytes=block_bytes):
-            block, problems = lines.block(parsed)
-            _report(log, problems, strict, warn)
+            read = lines.block(parsed)
+            log._add(read, strict, warn)
+            log.routes += len(read.data)
+            block = read.data
             if held is not None:
                 block = RouteBlock.concat([held, block])
             cut = _last_token_start(block)
@@ -173,11 +187,12 @@ def iter_counts(
     for source, log in enumerate(logs):
         _expect_mode(log, COUNTS_MODE)
         log._start_reading()
-        lines = CountsLines(log, source)
+        lines = CountsLines(log.header, source)
         for parsed in iter_line_blocks(log.path, COUNTS_SCHEMA):
-            windows, problems = lines.windows(parsed)
-            _report(log, problems, strict, warn)
-            yield from windows
+            read = lines.windows(parsed)
+            log._add(read, strict, warn)
+            log.windows += len(read.data)
+            yield from read.data
 
 
 def iter_routes(
@@ -215,17 +230,6 @@ def _last_token_start(block: RouteBlock) -> int:
     other = (block.step != block.step[-1]) | (block.token != block.token[-1])
     earlier = np.flatnonzero(other)
     return int(earlier[-1]) + 1 if len(earlier) else 0
-
-
-def _report(
-    log: LogFile, problems: list[Problem], strict: bool, warn: Callable[[str], None] | None
-) -> None:
-    for line_no, why in sorted(problems):
-        message = f"{log.path}:{line_no}: {why}"
-        if strict:
-            raise RouteLogError(message)
-        log.problems.append(message)
-        (warn or _warn)(message + " (skipped)")
 
 
 def _warn(message: str) -> None:

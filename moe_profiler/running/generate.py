@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from moe_profiler import patching, routes
+from moe_profiler import patching
+from moe_profiler.reading import routes
 
 DEFAULT_MODEL = "Qwen/Qwen1.5-MoE-A2.7B-Chat"
 MODES = ("no_log", "log")
@@ -153,6 +154,41 @@ def write_records(records: list[dict], path: Path) -> Path:
         for record in records:
             f.write(json.dumps(record) + "\n")
     return path
+
+
+@dataclass
+class TimedRun:
+    """What one run of ``run_timed`` measured and wrote."""
+
+    result: dict  # wall_s, prompt/output tokens, output tokens/s (+ log files in log mode)
+    setup: dict  # what it ran on (``run_setup``)
+    timing: dict  # timing.json after the merge (overhead once both modes ran)
+    outputs_file: Path
+
+
+def run_timed(mode: str, opts: RunOptions, questions: list[str]) -> TimedRun:
+    """Build the engine, time one greedy ``generate`` over ``questions``, save the outputs and
+    merge the numbers into timing.json. Set the VLLM_LOG_MOE* variables first
+    (``set_log_environment``); in log mode this waits until the log is complete."""
+    llm = build_llm(opts)
+    texts, chat = format_prompts(llm, questions, opts.chat)
+    outputs, seconds = timed_generate(llm, texts, opts.max_tokens, opts.seed)
+    setup = run_setup(opts, len(questions), chat)
+    close_llm(llm)
+    records = output_records(outputs, questions)
+    outputs_file = write_records(records, Path(opts.outputs_dir) / f"outputs_{mode}.jsonl")
+    output_tokens = sum(len(r["token_ids"]) for r in records)
+    result = {
+        "wall_s": round(seconds, 4),
+        "prompt_tokens": sum(len(r["prompt_token_ids"]) for r in records),
+        "output_tokens": output_tokens,
+        "output_tok_per_s": round(output_tokens / seconds, 2),
+    }
+    if mode == "log":
+        files = wait_for_logs(opts.log_path)
+        result.update(log_files=[str(f) for f in files], log_layers=opts.log_layers)
+    timing = merge_timing(opts.timing, mode, setup, result, outputs_file)
+    return TimedRun(result, setup, timing, outputs_file)
 
 
 def device_name() -> str:
