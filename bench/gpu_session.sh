@@ -221,6 +221,7 @@ case "${1:-}" in
     [ "$RELEASE" = 0.15.1 ] || plugin_args=(--plugin-site "$PLUGIN_DIR" --prefix-caching)
     CUDA_VISIBLE_DEVICES=0 python3 bench/overhead_bench.py run --model-dir "/tmp/$model" \
       --configs "$configs" --reps "$reps" --mem "$mem" --kv-gib "$kv" "${plugin_args[@]}" \
+      --max-num-seqs "${MAX_NUM_SEQS:-128}" \
       --out "$out/costs-$model.json" >"$out/costs-$model.log" 2>&1
     echo "== costs $model: exit status $?"
     tail -12 "$out/costs-$model.log"
