@@ -9,6 +9,10 @@ Endpoints (GET or POST, as in SGLang):
   also written next to the log as ``<stem>.dump-<UTC time>.json``.
 - ``/expert_distribution_status``: recording or not, mode, files, bytes, lines.
 
+When the server has an API key (``--api-key`` or VLLM_API_KEY), these endpoints
+need it as ``/v1`` does, checked and refused by vLLM's own middleware
+(``_ApiKeyGate``); ``/metrics`` stays as vLLM has it.
+
 Metrics on vLLM's own ``/metrics``: the engine processes hold the counts, so each
 scrape first asks them for their totals (one ``collective_rpc`` between two
 passes, at most once a second) and a collector reports, per (data-parallel rank,
@@ -40,6 +44,7 @@ logger = init_logger(__name__)
 router = APIRouter()
 RPC_TIMEOUT_S = 30.0
 SCRAPE_REFRESH_S = 1.0  # a scrape asks the engines at most this often
+GUARDED_PATH = "/v1"  # a path every release's AuthenticationMiddleware guards
 
 
 async def ask(engine_client, command: str) -> list[dict | None]:
@@ -178,11 +183,53 @@ class _RefreshOnScrape:
         await self.app(scope, receive, send)
 
 
+class _ApiKeyGate:
+    """ASGI middleware: the recorder's endpoints need the API key wherever ``/v1`` does.
+
+    vLLM guards path prefixes (``/v1``, and more in later releases), which these
+    endpoints lack. So for them the server's own AuthenticationMiddleware, as it was
+    installed (with ``--api-key``'s keys, else VLLM_API_KEY's; absent without a key),
+    is run on a view of the request at ``/v1``: the same check, exemptions and refusal
+    as vLLM's, in each release, found by its ``verify_token`` rather than by version.
+    """
+
+    def __init__(self, app, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope, receive, send):
+        gate = _api_key_middleware(scope["app"]) if self._guards(scope) else None
+        if gate is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def admitted(_view, receive, send):
+            await self.app(scope, receive, send)
+
+        view = {**scope, "path": GUARDED_PATH, "raw_path": GUARDED_PATH.encode(), "root_path": ""}
+        await gate.cls(admitted, *gate.args, **gate.kwargs)(view, receive, send)
+
+    def _guards(self, scope) -> bool:
+        if scope["type"] != "http":
+            return False
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        return path.rstrip("/") in self.paths
+
+
+def _api_key_middleware(app):
+    """The server's AuthenticationMiddleware entry (starlette ``Middleware``), if it has a key."""
+    return next(
+        (m for m in app.user_middleware if callable(getattr(m.cls, "verify_token", None))), None
+    )
+
+
 def attach(app: FastAPI) -> None:
-    """Add the endpoints, and the collector to the registry vLLM's ``/metrics`` serves."""
+    """Add the endpoints (behind the API key, if any), and the collector to the registry
+    vLLM's ``/metrics`` serves."""
     from vllm.v1.metrics.prometheus import get_prometheus_registry
 
     app.include_router(router)
+    app.add_middleware(_ApiKeyGate, paths=frozenset(r.path for r in router.routes))
     args = getattr(app.state, "args", None)
     served = getattr(args, "served_model_name", None)
     model_name = (served[0] if served else None) or getattr(args, "model", None) or "unknown"

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
@@ -36,9 +37,21 @@ class Server:
     model: Path
 
     @classmethod
-    def start(cls, model: Path, log: Path, env: dict[str, str], timeout: float = 600) -> Server:
+    def start(
+        cls,
+        model: Path,
+        log: Path,
+        env: dict[str, str],
+        timeout: float = 600,
+        args: tuple[str, ...] = (),
+    ) -> Server:
+        """Start it (``args``: more ``vllm serve`` options) and wait until it is healthy."""
         port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("VLLM_LOG_MOE") and k != "VLLM_API_KEY"
+        }
         environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOG_MOE=str(log), **env)
         output = log.with_suffix(".server.txt")
         cmd = [
@@ -56,6 +69,7 @@ class Server:
             "--seed",
             "0",
             "--no-enable-prefix-caching",  # every prompt token goes through the model
+            *args,
         ]
         with open(output, "w") as out:
             process = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT)
@@ -85,6 +99,19 @@ class Server:
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, r.read()
 
+    def request(
+        self, method: str, path: str, headers: dict | None = None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """(status, body) of any request, whatever its status."""
+        request = urllib.request.Request(
+            self.url + path, data=body, headers=headers or {}, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
     def json(self, path: str, method: str = "GET") -> dict:
         status, body = self.get(path) if method == "GET" else self.post(path)
         assert status == 200, body
@@ -99,6 +126,10 @@ class Server:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=60)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def log_lines(path: Path) -> list[dict]:
