@@ -22,7 +22,10 @@ pipeline rank, layer, expert), ``vllm_moe_expert_tokens_total`` and
 max of the experts' loads in the last complete window: 1 is perfectly even).
 
 Every call reaches the workers through vLLM's own engine-client RPC; with
-several data-parallel engines behind one API server, each engine is asked.
+several data-parallel engines behind one API server, each engine is asked. A call
+never waits for a dead engine: vLLM leaves calls in flight at an engine's death
+unanswered, so ``ask`` watches the client's ``errored`` and raises vLLM's
+``EngineDeadError`` (vLLM's handler answers it and shuts the server down).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from vllm.logger import init_logger
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from . import control
 from .envs import read_config
@@ -44,11 +50,17 @@ logger = init_logger(__name__)
 router = APIRouter()
 RPC_TIMEOUT_S = 30.0
 SCRAPE_REFRESH_S = 1.0  # a scrape asks the engines at most this often
+DEATH_POLL_S = 0.5  # how often a waiting call looks whether the engine died
 GUARDED_PATH = "/v1"  # a path every release's AuthenticationMiddleware guards
+T = TypeVar("T")
 
 
 async def ask(engine_client, command: str) -> list[dict | None]:
     """Every worker's answer to ``command``, from every data-parallel engine."""
+    return await _unless_dead(engine_client, _ask_engines(engine_client, command), command)
+
+
+async def _ask_engines(engine_client, command: str) -> list[dict | None]:
     core = getattr(engine_client, "engine_core", None)
     engines = getattr(core, "core_engines", None) or []
     if len(engines) > 1:
@@ -65,6 +77,27 @@ async def ask(engine_client, command: str) -> list[dict | None]:
     return await engine_client.collective_rpc(
         control.RPC_METHOD, timeout=RPC_TIMEOUT_S, args=(command,)
     )
+
+
+async def _unless_dead(engine_client, call: Awaitable[T], command: str) -> T:
+    """``call``'s result; EngineDeadError once the engine is dead, 503 after RPC_TIMEOUT_S.
+
+    vLLM never answers a call that was in flight when its engine died: without this
+    the request, and the server's shutdown that waits for it, would hang.
+    """
+    task = asyncio.ensure_future(call)
+    deadline = time.monotonic() + RPC_TIMEOUT_S
+    try:
+        while not (await asyncio.wait({task}, timeout=DEATH_POLL_S))[0]:
+            if engine_client.errored:
+                raise EngineDeadError()
+            if time.monotonic() > deadline:
+                raise HTTPException(
+                    503, f"the engine did not answer {command!r} within {RPC_TIMEOUT_S:g} s"
+                )
+        return task.result()
+    finally:
+        task.cancel()
 
 
 async def _merged(request: Request, command: str) -> dict:
