@@ -6,7 +6,8 @@ Endpoints (GET or POST, as in SGLang):
   start or stop recording in every engine process; SGLang's reply texts.
 - ``/dump_expert_distribution_record``: the counts since the last start as JSON
   (``logical_count`` ``[num_layers, num_experts]``, ``weight_sums``, ``tokens``),
-  also written next to the log as ``<stem>.dump-<UTC time>.json``.
+  also written next to the log as ``<stem>.dump-<UTC time>.json`` unless asked
+  ``?file=0``; only the newest VLLM_LOG_MOE_DUMP_KEEP such files stay on disk.
 - ``/expert_distribution_status``: recording or not, mode, files, bytes, lines.
 
 When the server has an API key (``--api-key`` or VLLM_API_KEY), these endpoints
@@ -31,8 +32,10 @@ unanswered, so ``ask`` watches the client's ``errored`` and raises vLLM's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -44,7 +47,7 @@ from vllm.logger import init_logger
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from . import control
-from .envs import read_config
+from .envs import LogConfig, read_config
 
 logger = init_logger(__name__)
 router = APIRouter()
@@ -52,6 +55,7 @@ RPC_TIMEOUT_S = 30.0
 SCRAPE_REFRESH_S = 1.0  # a scrape asks the engines at most this often
 DEATH_POLL_S = 0.5  # how often a waiting call looks whether the engine died
 GUARDED_PATH = "/v1"  # a path every release's AuthenticationMiddleware guards
+WRITE_FILE = {"1": True, "0": False}  # the dump's ``file`` query parameter
 T = TypeVar("T")
 
 
@@ -119,13 +123,22 @@ async def stop_record(request: Request):
 
 
 @router.api_route("/dump_expert_distribution_record", methods=["GET", "POST"])
-async def dump_record(request: Request):
-    """The counts since the last start, returned and written next to the log."""
+async def dump_record(request: Request, file: str = "1"):
+    """The counts since the last start, returned and (unless ``?file=0``) written to a file."""
+    if file not in WRITE_FILE:
+        raise HTTPException(
+            400,
+            f"query parameter file={file!r} is not valid; accepted: '1' (write the dump "
+            "file, the default) or '0' (answer only)",
+        )
+    config: LogConfig = request.app.state.moe_route_log_config
     dump = await _merged(request, "dump")
     dump["until"] = time.time()
-    dump["dump_path"] = dump_path(read_config().path, dump["until"])
-    with open(dump["dump_path"], "w") as f:
-        json.dump(dump, f)
+    dump["dump_path"] = None
+    if WRITE_FILE[file] and config.dump_keep:
+        dump["dump_path"] = dump_path(config.path, dump["until"])
+        # in a thread: a slow disk must not hold up the server's other requests
+        await asyncio.to_thread(write_dump, dump, config.path, config.dump_keep)
     return JSONResponse(dump)
 
 
@@ -140,6 +153,26 @@ def dump_path(log_path: str, when: float) -> str:
     stem = os.path.splitext(log_path)[0]
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"
     return f"{stem}.dump-{stamp}.json"
+
+
+def dump_files(log_path: str) -> list[str]:
+    """The dump files of this log (``dump_path``'s names, nothing else), oldest first."""
+    directory, stem = os.path.split(os.path.splitext(log_path)[0])
+    name = re.compile(re.escape(stem) + r"\.dump-\d{8}T\d{6}\.\d{6}Z\.json")
+    # the UTC stamp is fixed-width, so the names sort by time
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if name.fullmatch(f))
+
+
+def write_dump(dump: dict, log_path: str, keep: int) -> None:
+    """Write ``dump`` whole to its ``dump_path``, then delete all but the log's newest ``keep``."""
+    path = dump["dump_path"]
+    partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
+    with open(partial, "w") as f:
+        json.dump(dump, f)
+    os.replace(partial, path)
+    for old in dump_files(log_path)[:-keep]:
+        with contextlib.suppress(FileNotFoundError):  # another dump deleted it first
+            os.remove(old)
 
 
 class ExpertLoadCollector:
@@ -261,6 +294,7 @@ def attach(app: FastAPI) -> None:
     vLLM's ``/metrics`` serves."""
     from vllm.v1.metrics.prometheus import get_prometheus_registry
 
+    app.state.moe_route_log_config = read_config()
     app.include_router(router)
     app.add_middleware(_ApiKeyGate, paths=frozenset(r.path for r in router.routes))
     args = getattr(app.state, "args", None)

@@ -346,6 +346,7 @@ def test_with_an_api_key_the_recorder_endpoints_refuse_exactly_as_v1_does(
         ("VLLM_LOG_MOE_MAX_MB", "-1", "an integer >= 1"),
         ("VLLM_LOG_MOE_KEEP", "x", "an integer"),
         ("VLLM_LOG_MOE_SAMPLE", "2", "a number > 0 and <= 1"),
+        ("VLLM_LOG_MOE_DUMP_KEEP", "-1", "an integer >= 0"),
     ],
 )
 def test_bad_values_stop_the_server_at_start(tiny_model, tmp_path, patched, name, value, accepted):

@@ -8,7 +8,9 @@ waits, OPTIONS, ``--root-path``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, HTTPException
@@ -17,6 +19,7 @@ from vllm.entrypoints.openai.api_server import AuthenticationMiddleware
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from moe_route_log import server
+from moe_route_log.envs import LogConfig
 
 
 def gated_app(tokens: list[str] | None, root_path: str = "") -> FastAPI:
@@ -99,3 +102,108 @@ def test_a_silent_live_engine_gets_a_503_after_the_timeout(monkeypatch):
         asyncio.run(_ask(_Engine(dies_after_s=None)))
     assert e.value.status_code == 503
     assert e.value.detail == "the engine did not answer 'dump' within 0.3 s"
+
+
+STAMP = "20261129T101500.123456Z"
+
+
+def test_dump_files_are_this_logs_dumps_and_nothing_else(tmp_path):
+    ours = [
+        tmp_path / f"routes.dump-{STAMP}.json",
+        tmp_path / "routes.dump-20261130T000000.000001Z.json",
+    ]
+    others = [
+        tmp_path / "routes.jsonl",
+        tmp_path / f"routes.dump-{STAMP}.json.bak",
+        tmp_path / f".routes.dump-{STAMP}.json.partial",
+        tmp_path / f"routes2.dump-{STAMP}.json",
+        tmp_path / f"xroutes.dump-{STAMP}.json",
+        tmp_path / "routes.dump-2026.json",
+    ]
+    for f in ours + others:
+        f.write_text("{}")
+    assert server.dump_files(str(tmp_path / "routes.jsonl")) == [str(f) for f in ours]
+    made = server.dump_path(str(tmp_path / "routes.jsonl"), 1795924700.25)
+    assert made == str(tmp_path / "routes.dump-20261129T035820.250000Z.json")
+    Path(made).write_text("{}")
+    assert made in server.dump_files(str(tmp_path / "routes.jsonl"))
+
+
+class _DumpingEngine:
+    """An engine client with one worker, whose ``dump`` answers are counted."""
+
+    errored = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def collective_rpc(self, method, timeout=None, args=()):
+        self.calls += 1
+        return [
+            {
+                "hostname": "h",
+                "ranks": {"dp": 0, "pp": 0},
+                "recording": True,
+                "mode": "routes",
+                "model_name": "m",
+                "num_layers": 1,
+                "num_experts": 2,
+                "top_k": 1,
+                "layers": [0],
+                "files": [],
+                "bytes": 0,
+                "route_lines": self.calls,
+                "steps": self.calls,
+                "counts": [[self.calls, 0]],
+                "weight_sums": [[1.0, 0.0]],
+                "tokens": self.calls,
+                "prefill_tokens": 0,
+                "since": 0.0,
+            }
+        ]
+
+
+def dump_client(tmp_path, dump_keep: int) -> tuple[TestClient, _DumpingEngine]:
+    app = FastAPI()
+    app.include_router(server.router)
+    app.state.engine_client = engine = _DumpingEngine()
+    log = str(tmp_path / "routes.jsonl")
+    app.state.moe_route_log_config = LogConfig(
+        log, "", None, None, None, None, 1, dump_keep=dump_keep
+    )
+    return TestClient(app), engine
+
+
+def test_only_the_newest_dumps_stay_and_other_files_are_untouched(tmp_path):
+    (tmp_path / "routes.jsonl").write_text("the log\n")
+    client, _ = dump_client(tmp_path, dump_keep=3)
+    answers = [client.post("/dump_expert_distribution_record").json() for _ in range(5)]
+    paths = [a["dump_path"] for a in answers]
+    assert len(set(paths)) == 5
+    assert server.dump_files(str(tmp_path / "routes.jsonl")) == paths[2:]
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(
+        ["routes.jsonl"] + [Path(p).name for p in paths[2:]]
+    )
+    assert json.loads(Path(paths[-1]).read_text()) == answers[-1]
+    assert (tmp_path / "routes.jsonl").read_text() == "the log\n"
+
+
+def test_file_0_and_dump_keep_0_answer_without_writing(tmp_path):
+    client, _ = dump_client(tmp_path, dump_keep=3)
+    answer = client.get("/dump_expert_distribution_record?file=0").json()
+    assert answer["dump_path"] is None and answer["logical_count"] == [[1, 0]]
+    client, _ = dump_client(tmp_path, dump_keep=0)
+    assert client.post("/dump_expert_distribution_record?file=1").json()["dump_path"] is None
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", "2", "yes", "true", "0 "])
+def test_a_bad_file_value_is_a_400_naming_the_parameter(tmp_path, value):
+    client, engine = dump_client(tmp_path, dump_keep=3)
+    answer = client.post("/dump_expert_distribution_record", params={"file": value})
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == (
+        f"query parameter file={value!r} is not valid; accepted: '1' (write the dump file, "
+        "the default) or '0' (answer only)"
+    )
+    assert engine.calls == 0 and list(tmp_path.iterdir()) == []
