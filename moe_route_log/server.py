@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import time
@@ -54,6 +55,7 @@ router = APIRouter()
 RPC_TIMEOUT_S = 30.0
 SCRAPE_REFRESH_S = 1.0  # a scrape asks the engines at most this often
 DEATH_POLL_S = 0.5  # how often a waiting call looks whether the engine died
+SHARED_GAP_S = 0.1  # a read-only command reaches the engines at most this often
 GUARDED_PATH = "/v1"  # a path every release's AuthenticationMiddleware guards
 WRITE_FILE = {"1": True, "0": False}  # the dump's ``file`` query parameter
 T = TypeVar("T")
@@ -104,8 +106,46 @@ async def _unless_dead(engine_client, call: Awaitable[T], command: str) -> T:
         task.cancel()
 
 
+class SharedCalls:
+    """Read-only calls (dump, status, totals) that many callers make at once share engine calls.
+
+    vLLM's engine runs every queued call before its next pass, and a dump or a totals
+    call makes the engine thread wait for the drain thread (``session.py``), so a storm
+    of them would stall the engine. Here one call per command is in flight at most, and
+    the next starts ``SHARED_GAP_S`` after it ended; the callers that arrive meanwhile
+    share that next call, which starts after they all arrived: nobody gets an answer
+    older than their request. start and stop change the state: each is its own call.
+    """
+
+    READ_ONLY = frozenset({"dump", "status", "totals"})
+
+    def __init__(self) -> None:
+        self._next: dict[str, asyncio.Future] = {}
+        self._in_flight: dict[str, asyncio.Lock] = {}
+        self._ended: dict[str, float] = {}
+
+    async def ask(self, engine_client, command: str) -> list[dict | None]:
+        """``ask(engine_client, command)``, shared with concurrent callers if read-only."""
+        if command not in self.READ_ONLY:
+            return await ask(engine_client, command)
+        if command not in self._next:
+            self._next[command] = asyncio.ensure_future(self._call(engine_client, command))
+        return await asyncio.shield(self._next[command])  # one caller leaving cancels nothing
+
+    async def _call(self, engine_client, command: str) -> list[dict | None]:
+        async with self._in_flight.setdefault(command, asyncio.Lock()):
+            gap = self._ended.get(command, -math.inf) + SHARED_GAP_S - time.monotonic()
+            await asyncio.sleep(max(gap, 0.0))
+            del self._next[command]  # from now on, callers wait for the call after this one
+            try:
+                return await ask(engine_client, command)
+            finally:
+                self._ended[command] = time.monotonic()
+
+
 async def _merged(request: Request, command: str) -> dict:
-    return control.merge(await ask(request.app.state.engine_client, command))
+    calls: SharedCalls = request.app.state.moe_route_log_calls
+    return control.merge(await calls.ask(request.app.state.engine_client, command))
 
 
 @router.api_route("/start_expert_distribution_record", methods=["GET", "POST"])
@@ -178,8 +218,9 @@ def write_dump(dump: dict, log_path: str, keep: int) -> None:
 class ExpertLoadCollector:
     """Prometheus collector over the engines' last answer to ``totals``."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, calls: SharedCalls) -> None:
         self.model_name = model_name
+        self.calls = calls
         self.answers: list[dict] = []
         self.fetched = 0.0
 
@@ -187,7 +228,7 @@ class ExpertLoadCollector:
         if time.monotonic() - self.fetched < SCRAPE_REFRESH_S:
             return
         try:
-            answers = await ask(engine_client, "totals")
+            answers = await self.calls.ask(engine_client, "totals")
         except Exception as e:  # a scrape must never fail because of us
             logger.warning("VLLM_LOG_MOE: expert-load metrics not refreshed: %s", e)
             return
@@ -295,11 +336,12 @@ def attach(app: FastAPI) -> None:
     from vllm.v1.metrics.prometheus import get_prometheus_registry
 
     app.state.moe_route_log_config = read_config()
+    app.state.moe_route_log_calls = SharedCalls()
     app.include_router(router)
     app.add_middleware(_ApiKeyGate, paths=frozenset(r.path for r in router.routes))
     args = getattr(app.state, "args", None)
     served = getattr(args, "served_model_name", None)
     model_name = (served[0] if served else None) or getattr(args, "model", None) or "unknown"
-    collector = ExpertLoadCollector(model_name)
+    collector = ExpertLoadCollector(model_name, app.state.moe_route_log_calls)
     get_prometheus_registry().register(collector)
     app.add_middleware(_RefreshOnScrape, collector=collector)

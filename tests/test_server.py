@@ -168,6 +168,7 @@ def dump_client(tmp_path, dump_keep: int) -> tuple[TestClient, _DumpingEngine]:
     app.include_router(server.router)
     app.state.engine_client = engine = _DumpingEngine()
     log = str(tmp_path / "routes.jsonl")
+    app.state.moe_route_log_calls = server.SharedCalls()
     app.state.moe_route_log_config = LogConfig(
         log, "", None, None, None, None, 1, dump_keep=dump_keep
     )
@@ -207,3 +208,83 @@ def test_a_bad_file_value_is_a_400_naming_the_parameter(tmp_path, value):
         "the default) or '0' (answer only)"
     )
     assert engine.calls == 0 and list(tmp_path.iterdir()) == []
+
+
+class _GatedEngine:
+    """An engine client whose calls answer (with their number) only when let through."""
+
+    errored = False
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = asyncio.Event()
+
+    async def collective_rpc(self, method, timeout=None, args=()):
+        self.calls.append(args[0])
+        number = len(self.calls)
+        await self.release.wait()
+        return [{"call": number}]
+
+
+def test_concurrent_dumps_share_engine_calls_none_older_than_its_request():
+    async def run():
+        engine, shared = _GatedEngine(), server.SharedCalls()
+        first = asyncio.ensure_future(shared.ask(engine, "dump"))
+        await asyncio.sleep(0.01)  # the first call is in flight
+        waiting = [asyncio.ensure_future(shared.ask(engine, "dump")) for _ in range(9)]
+        status = asyncio.ensure_future(shared.ask(engine, "status"))  # its own command
+        starts = [asyncio.ensure_future(shared.ask(engine, "start")) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        engine.release.set()
+        answers = await asyncio.gather(first, *waiting)
+        await asyncio.gather(status, *starts)
+        later = await shared.ask(engine, "dump")
+        return engine.calls, [a[0]["call"] for a in answers], later[0]["call"]
+
+    calls, numbers, later = asyncio.run(run())
+    assert sorted(calls) == ["dump", "dump", "dump", "start", "start", "start", "status"]
+    second = calls.index("dump", 1) + 1  # the call the nine waiting callers share
+    assert numbers == [1] + [second] * 9
+    assert later == len(calls) == 7  # asked after the others ended: a call of its own
+
+
+def test_a_caller_leaving_does_not_cancel_the_shared_call():
+    async def run():
+        engine, shared = _GatedEngine(), server.SharedCalls()
+        leaving = asyncio.ensure_future(shared.ask(engine, "status"))
+        staying = asyncio.ensure_future(shared.ask(engine, "status"))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        engine.release.set()
+        return await staying
+
+    assert asyncio.run(run()) == [{"call": 1}]
+
+
+class _TimedEngine:
+    """An engine client that answers at once and notes when each call came."""
+
+    errored = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    async def collective_rpc(self, method, timeout=None, args=()):
+        self.calls.append((args[0], time.monotonic()))
+        return [None]
+
+
+def test_a_read_only_command_reaches_the_engine_at_most_once_per_gap(monkeypatch):
+    monkeypatch.setattr(server, "SHARED_GAP_S", 1.0)  # long: the bounds hold on a busy machine
+
+    async def run():
+        engine, shared = _TimedEngine(), server.SharedCalls()
+        for command in ("dump", "dump", "status", "start", "start", "dump"):
+            await shared.ask(engine, command)
+        return engine.calls
+
+    calls = asyncio.run(run())
+    assert [c for c, _ in calls] == ["dump", "dump", "status", "start", "start", "dump"]
+    times = {i: t for i, (_, t) in enumerate(calls)}
+    assert times[1] - times[0] >= 1.0 and times[5] - times[1] >= 1.0  # dumps: a gap between
+    assert times[2] - times[1] < 0.5 and times[4] - times[3] < 0.5  # others: no wait for them
