@@ -25,6 +25,7 @@ SCRIPTS = [
     "bench/parse_bench.py",
     "bench/report_bench.py",
     "bench/reader_alternatives.py",
+    "bench/dump_storm_bench.py",
 ]
 COMMANDS = [["-m", "moe_profiler.cli"], ["-m", "moe_profiler.cli", "plot"]]
 COMMANDS += [["-m", "moe_profiler.cli", "export"]]
