@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -72,7 +73,10 @@ class Server:
             *args,
         ]
         with open(output, "w") as out:
-            process = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT)
+            # its own process group: kill() must take its engine core along (see kill)
+            process = subprocess.Popen(
+                cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         server = cls(process, f"http://127.0.0.1:{port}", log, output, model)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -123,9 +127,11 @@ class Server:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=60)
+        """SIGKILL the server and its engine core, which outlives a killed server otherwise
+        (an orphan holding gigabytes); the log's writer, in a session of its own, then ends."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=60)
 
 
 def bearer(key: str) -> dict[str, str]:
