@@ -76,21 +76,21 @@ def questions(n: int) -> list[str]:
 
 async def traffic(server: Server, prompts: list[str], args) -> int:
     """Run the requests, ``concurrency`` at a time; the output tokens they got."""
-    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none")
     gate = asyncio.Semaphore(args.concurrency)
+    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none") as client:
 
-    async def one(prompt: str) -> int:
-        async with gate:
-            r = await client.completions.create(
-                model=str(server.model),
-                prompt=prompt,
-                max_tokens=args.max_tokens,
-                temperature=0.0,
-                extra_body={"ignore_eos": True},
-            )
-            return r.usage.completion_tokens
+        async def one(prompt: str) -> int:
+            async with gate:
+                r = await client.completions.create(
+                    model=str(server.model),
+                    prompt=prompt,
+                    max_tokens=args.max_tokens,
+                    temperature=0.0,
+                    extra_body={"ignore_eos": True},
+                )
+                return r.usage.completion_tokens
 
-    return sum(await asyncio.gather(*(one(p) for p in prompts)))
+        return sum(await asyncio.gather(*(one(p) for p in prompts)))
 
 
 async def storm(server: Server, path: str, dumpers: int, done: asyncio.Event) -> list[float]:

@@ -314,10 +314,12 @@ def test_chaos_of_control_calls_and_a_killed_engine_lose_no_route_and_hang_nothi
     server = Server.start(tiny_model, log, env)
 
     async def run() -> tuple[float, list[dict]]:
-        client = openai.AsyncOpenAI(
-            base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=CALL_TIMEOUT_S
-        )
-        async with httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as http:
+        async with (
+            openai.AsyncOpenAI(
+                base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=CALL_TIMEOUT_S
+            ) as client,
+            httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as http,
+        ):
             v1 = await http.get(server.url + "/v1/models")
             chaos = Chaos(server, http, random.Random(SEED), (v1.status_code, v1.content))
             served = await rounds(chaos, client, tiny_model, questions)

@@ -7,7 +7,9 @@ Three real servers, each shared by the tests below it, in file order:
   ``/metrics`` scrape parsed with prometheus_client; Ctrl-C;
 - counts mode on the first batch of the routes server: equal counts; SIGTERM;
 - rotation (1 MiB, keep 2) with sampling (half the requests);
+- two API keys: the recorder's endpoints refuse exactly as ``/v1`` does;
 and bad values of every new variable, each refused at start with its name.
+The chaos test (control calls, traffic, a killed engine) is test_e2e_chaos.py.
 """
 
 from __future__ import annotations
