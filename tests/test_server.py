@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
-from vllm.entrypoints.openai.api_server import AuthenticationMiddleware
+
+try:  # where vLLM 0.32 and later keep it
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+except ImportError:  # vLLM 0.15.1
+    from vllm.entrypoints.openai.api_server import AuthenticationMiddleware
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from moe_route_log import server
