@@ -81,6 +81,14 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "With `VLLM_LOG_MOE_MAX_MB`: keep at most this many files of each process, "
         "deleting the oldest (default: keep all).",
     ),
+    "VLLM_LOG_MOE_DUMP_KEEP": (
+        "16",
+        "Dump files (`<stem>.dump-<UTC time>.json`, written by "
+        "`/dump_expert_distribution_record`) kept on disk: after each dump the oldest beyond "
+        "this many are deleted. `0`: dumps are only answered, never written. A limit of its "
+        "own, on by default, because anyone who may call the endpoint makes these files; "
+        "`VLLM_LOG_MOE_KEEP` counts rotated log parts and keeps all unless set.",
+    ),
     "VLLM_LOG_MOE_SAMPLE": (
         "1",
         "Fraction of requests whose routes are written (routes mode), e.g. `0.01`; a "
@@ -130,6 +138,7 @@ class LogConfig:
     start_on: bool = True
     max_bytes: int | None = None  # rotate at this size
     keep: int | None = None  # files kept when rotating
+    dump_keep: int = 16  # dump files kept (0: none written)
     sample: float = 1.0  # fraction of requests in routes mode
     encoders: int = 1  # encoder processes of the writer
     counts_in_graph: bool = False  # counts mode: count inside the forward (graph_counts.py)
@@ -204,6 +213,7 @@ def read_config(environ: Mapping[str, str] | None = None) -> LogConfig | None:
         start_on=_parse_choice(env, "VLLM_LOG_MOE_START", ("on", "off")) == "on",
         max_bytes=_mib(_parse_int(env, "VLLM_LOG_MOE_MAX_MB", minimum=1)),
         keep=_parse_keep(env),
+        dump_keep=_parse_int(env, "VLLM_LOG_MOE_DUMP_KEEP", minimum=0),
         sample=_parse_float(env, "VLLM_LOG_MOE_SAMPLE", low=0.0, high=1.0),
         encoders=_parse_encoders(env),
         counts_in_graph=_parse_choice(env, "VLLM_LOG_MOE_COUNTS_IN_GRAPH", ("0", "1")) == "1",

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from e2e_helpers import engine_pythonpath, kill_tree
+from e2e_helpers import engine_pythonpath
 from vllm_under_test import serve_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,9 +39,21 @@ class Server:
     model: Path
 
     @classmethod
-    def start(cls, model: Path, log: Path, env: dict[str, str], timeout: float = 600) -> Server:
+    def start(
+        cls,
+        model: Path,
+        log: Path,
+        env: dict[str, str],
+        timeout: float = 600,
+        args: tuple[str, ...] = (),
+    ) -> Server:
+        """Start it (``args``: more ``vllm serve`` options) and wait until it is healthy."""
         port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOG_MOE")}
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("VLLM_LOG_MOE") and k != "VLLM_API_KEY"
+        }
         environ.update(
             VLLM_CPU_KVCACHE_SPACE="1", PYTHONPATH=engine_pythonpath(), VLLM_LOG_MOE=str(log)
         )
@@ -56,9 +70,13 @@ class Server:
             "--seed",
             "0",
             "--no-enable-prefix-caching",  # every prompt token goes through the model
+            *args,
         ]
         with open(output, "w") as out:
-            process = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT)
+            # its own process group: kill() must take its engine core along (see kill)
+            process = subprocess.Popen(
+                cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         server = cls(process, f"http://127.0.0.1:{port}", log, output, model)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -85,6 +103,19 @@ class Server:
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, r.read()
 
+    def request(
+        self, method: str, path: str, headers: dict | None = None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """(status, body) of any request, whatever its status."""
+        request = urllib.request.Request(
+            self.url + path, data=body, headers=headers or {}, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
     def json(self, path: str, method: str = "GET") -> dict:
         status, body = self.get(path) if method == "GET" else self.post(path)
         assert status == 200, body
@@ -96,9 +127,15 @@ class Server:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
-        """Kill the server and the engine processes it started."""
-        if self.process.poll() is None:
-            kill_tree(self.process)
+        """SIGKILL the server and its engine core, which outlives a killed server otherwise
+        (an orphan holding gigabytes); the log's writer, in a session of its own, then ends."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=60)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def log_lines(path: Path) -> list[dict]:

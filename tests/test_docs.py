@@ -29,6 +29,7 @@ SCRIPTS = [
     "bench/reader_alternatives.py",
     "bench/native_capture.py",
     "bench/plugin_smoke.py",
+    "bench/dump_storm_bench.py",
 ]
 COMMANDS = [["-m", "moe_profiler.cli"], ["-m", "moe_profiler.cli", "plot"]]
 COMMANDS += [["-m", "moe_profiler.cli", "export"], ["-m", "moe_profiler.cli", "analyze"]]

@@ -7,7 +7,9 @@ Three real servers, each shared by the tests below it, in file order:
   ``/metrics`` scrape parsed with prometheus_client; Ctrl-C;
 - counts mode on the first batch of the routes server: equal counts; SIGTERM;
 - rotation (1 MiB, keep 2) with sampling (half the requests);
+- two API keys: the recorder's endpoints refuse exactly as ``/v1`` does;
 and bad values of every new variable, each refused at start with its name.
+The chaos test (control calls, traffic, a killed engine) is test_e2e_chaos.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import (
     Server,
+    bearer,
     expert_counts,
     log_lines,
     match_requests,
@@ -298,6 +301,44 @@ def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
             assert lines[-1]["reason"] == "rotated" and 2**20 <= part.stat().st_size < 2**23
 
 
+CONTROL = (
+    "/start_expert_distribution_record",
+    "/stop_expert_distribution_record",
+    "/dump_expert_distribution_record",
+    "/expert_distribution_status",
+)
+
+
+def test_with_an_api_key_the_recorder_endpoints_refuse_exactly_as_v1_does(
+    tiny_model, tmp_path, patched
+):
+    """Keys from --api-key (two of them); VLLM_API_KEY is ignored then, as vLLM ignores it."""
+    log = tmp_path / "auth.jsonl"
+    server = Server.start(
+        tiny_model, log, {"VLLM_API_KEY": "env-key"}, args=("--api-key", "key-1", "key-2")
+    )
+    try:
+        for method in ("GET", "POST", "PUT"):
+            for headers in (None, bearer("env-key"), bearer("key-3"), {"Authorization": "key-1"}):
+                refusal = server.request(method, "/v1/models", headers)
+                assert refusal[0] == 401
+                for path in CONTROL:
+                    assert server.request(method, path, headers) == refusal, (method, path)
+        assert not list(tmp_path.glob("*dump*")), "a refused dump wrote nothing"
+        status = server.request("GET", CONTROL[3], bearer("key-2"))
+        assert status[0] == 200 and json.loads(status[1])["recording"] is True, "refused stops"
+        assert server.request("POST", CONTROL[1], bearer("key-1")) == (
+            200,
+            b"Stop recording the expert distribution.\n",
+        )
+        status = server.request("GET", CONTROL[3], bearer("key-2"))
+        assert status[0] == 200 and json.loads(status[1])["recording"] is False
+        assert server.request("PUT", CONTROL[0], bearer("key-1"))[0] == 405
+        assert server.request("GET", "/metrics")[0] == 200  # as vLLM has it: open
+    finally:
+        server.kill()
+
+
 @pytest.mark.parametrize(
     ("name", "value", "accepted"),
     [
@@ -307,6 +348,7 @@ def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
         ("VLLM_LOG_MOE_MAX_MB", "-1", "an integer >= 1"),
         ("VLLM_LOG_MOE_KEEP", "x", "an integer"),
         ("VLLM_LOG_MOE_SAMPLE", "2", "a number > 0 and <= 1"),
+        ("VLLM_LOG_MOE_DUMP_KEEP", "-1", "an integer >= 0"),
     ],
 )
 def test_bad_values_stop_the_server_at_start(tiny_model, tmp_path, patched, name, value, accepted):

@@ -26,6 +26,7 @@ def test_defaults(tmp_path):
     assert (c.mode, c.interval_s, c.start_on) == ("routes", 10.0, True)
     assert (c.max_bytes, c.keep, c.sample) == (None, None, 1.0)
     assert c.counts_in_graph is False
+    assert c.dump_keep == 16
 
 
 def test_all_values(tmp_path):
@@ -129,6 +130,8 @@ def test_production_settings(tmp_path):
     assert config(tmp_path, VLLM_LOG_MOE_COUNTS_IN_GRAPH="1").counts_in_graph is True
     assert config(tmp_path, VLLM_LOG_MOE_COUNTS_IN_GRAPH="0").counts_in_graph is False
     assert config(tmp_path).encoders == max(1, min(4, (os.cpu_count() or 1) // 8))  # auto
+    assert config(tmp_path, VLLM_LOG_MOE_DUMP_KEEP="0").dump_keep == 0  # no dump files
+    assert config(tmp_path, VLLM_LOG_MOE_DUMP_KEEP="3").dump_keep == 3
 
 
 @pytest.mark.parametrize(
@@ -150,6 +153,9 @@ def test_production_settings(tmp_path):
         ("VLLM_LOG_MOE_ENCODERS", "many", "'auto' or an integer from 1 to 64"),
         ("VLLM_LOG_MOE_COUNTS_IN_GRAPH", "yes", "'0' or '1'"),
         ("VLLM_LOG_MOE_COUNTS_IN_GRAPH", "2", "'0' or '1'"),
+        ("VLLM_LOG_MOE_DUMP_KEEP", "-1", "an integer >= 0"),
+        ("VLLM_LOG_MOE_DUMP_KEEP", "all", "an integer"),
+        ("VLLM_LOG_MOE_DUMP_KEEP", "2.5", "an integer"),
     ],
 )
 def test_bad_production_settings(tmp_path, name, value, accepted):
@@ -205,6 +211,7 @@ def test_every_variable_is_documented():
         "VLLM_LOG_MOE_START",
         "VLLM_LOG_MOE_MAX_MB",
         "VLLM_LOG_MOE_KEEP",
+        "VLLM_LOG_MOE_DUMP_KEEP",
         "VLLM_LOG_MOE_SAMPLE",
         "VLLM_LOG_MOE_ENCODERS",
         "VLLM_LOG_MOE_COUNTS_IN_GRAPH",
