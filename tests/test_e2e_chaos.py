@@ -301,6 +301,7 @@ def check_killed_log(log: Path, before: list[dict]) -> None:
         assert positions == list(range(len(positions))), f"{req} is not logged from its start"
 
 
+@pytest.mark.every_release
 def test_chaos_of_control_calls_and_a_killed_engine_lose_no_route_and_hang_nothing(
     tiny_model, questions, tmp_path, patched
 ):

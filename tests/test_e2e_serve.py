@@ -71,6 +71,7 @@ def client(routes_server):
     return openai.OpenAI(base_url=routes_server.url + "/v1", api_key="none")
 
 
+@pytest.mark.every_release
 def test_every_kind_of_request_is_logged_once_with_its_token_ids(
     routes_server, client, tiny_model, questions
 ):
@@ -119,6 +120,7 @@ def test_every_kind_of_request_is_logged_once_with_its_token_ids(
         )
 
 
+@pytest.mark.every_release
 def test_stop_start_and_dump_mid_traffic(routes_server, client, tiny_model, questions):
     """Traffic flows the whole time; the recorder is stopped, started and dumped under it."""
     done, outputs = threading.Event(), []
@@ -182,6 +184,7 @@ def wait_for_route_lines_to_settle(server: Server, quiet_s: float = 1.0) -> list
     return log_lines(server.log)
 
 
+@pytest.mark.every_release
 def test_status(routes_server):
     status = routes_server.json("/expert_distribution_status")
     lines = log_lines(routes_server.log)
@@ -191,6 +194,7 @@ def test_status(routes_server):
     assert status["layers"] == [0, 1, 2] and status["model_name"] == routes_server.model.name
 
 
+@pytest.mark.every_release
 def test_metrics_scrape(routes_server):
     status, body = routes_server.get("/metrics")
     assert status == 200
@@ -309,6 +313,7 @@ CONTROL = (
 )
 
 
+@pytest.mark.every_release
 def test_with_an_api_key_the_recorder_endpoints_refuse_exactly_as_v1_does(
     tiny_model, tmp_path, patched
 ):
