@@ -118,6 +118,14 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
 MODES = ("routes", "counts")
 
 
+def readme_table() -> str:
+    """The README's table of the variables (``tests/test_docs.py`` checks it is there)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, (default, doc) in ENV_VARS.items():
+        rows.append(f"| `{name}` | {'unset' if default is None else f'`{default}`'} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
 class LogConfigError(ValueError):
     """A VLLM_LOG_MOE* variable has a value that cannot be used."""
 
