@@ -1,11 +1,21 @@
-"""Per-token MoE routing log for vLLM 0.15.1, switched on by VLLM_LOG_MOE.
+"""Per-token MoE routing log for vLLM 0.15.1 through 0.34.0, switched on by VLLM_LOG_MOE.
 
-Every module, in the order the data flows through them.
+It reaches vLLM as a pip-installed plugin (``plugin.py``, every release) or, in 0.15.1,
+as a copy inside vLLM made by the patch (``moe_profiler/patching.py``); both call
+``hooks.py``. Every module, in the order the data flows through them.
+
+How it gets in (every vLLM process):
+  plugin.py        the ``vllm.general_plugins`` entry point: with VLLM_LOG_MOE set, wrap
+                   vLLM's modules as the process imports them; unset, nothing
+  adapters/        what differs between vLLM releases, each naming the vLLM files and lines
+                   it depends on: MoE layers (moe_layers), forward passes (passes), the
+                   plugin's wrappers (engine_hooks, routing_taps, when_imported)
 
 In the engine process (inside vLLM; they import torch and vLLM):
   envs.py          the VLLM_LOG_MOE* variables: declared, parsed, checked (pure)
-  hooks.py         the functions vLLM's files call (runner built, model loaded, warm-up
-                   over, pass done, control, serve, shutdown)
+  hooks.py         the functions vLLM calls (runner built, model loaded, warm-up over,
+                   pass done, control, serve, shutdown)
+  vllm_logging.py  the logger's messages in vLLM's logger tree, whichever way it came in
   routing.py       what a layer's router weights mean (the header's ``routing``)
   recorder.py      each logged layer: routes -> static device buffers (CUDA-graph safe)
   graph_counts.py  opt-in counts mode: each logged layer counts inside the forward pass
