@@ -318,7 +318,6 @@ def run_engine(plan: str, model_dir, tmp_path, *extra: str) -> dict:
 
 
 @pytest.mark.e2e
-@pytest.mark.every_release
 def test_one_engine_on_the_cpu_build(family_models, tmp_path, patched):
     """The whole engine path (tap, log, rule) on a tiny DeepSeek-V3, eager, no vLLM capture."""
     result = run_engine(
