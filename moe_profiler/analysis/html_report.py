@@ -65,24 +65,24 @@ def render(results: dict, sections: list[tuple[Analysis, str]]) -> str:
     )
 
 
+def notes_html(sentences) -> str:
+    """The sentences that say what a section leaves out, above it."""
+    return "".join(f'<p class="note left-out">{html.escape(s)}</p>' for s in sentences)
+
+
 def _overview(results: dict) -> str:
     meta = results["meta"]
     first = str(meta["layers"][0])
     phases = results.get("prefill_decode", {}).get(first, {})
     rows = [
-        ("model", html.escape(str(meta["model_id"]))),
+        ("model", html.escape(str(meta["model_id"] or meta["model_name"]))),
         ("run", html.escape(str(meta["run_id"]))),
-        ("log files", "<br>".join(html.escape(f) for f in meta["files"])),
-        (
-            "route lines",
-            f"{meta['route_lines']:,}"
-            + ("" if meta["complete"] else " (log incomplete: no trailer)"),
-        ),
-        ("layers logged", _layer_list(meta["layers"])),
+        ("inputs", "<br>".join(_input_line(one) for one in meta["inputs"])),
+        ("layers", _layer_list(meta["layers"])),
         ("experts, top-k", f"{meta['num_experts']}, {meta['top_k']}"),
         (
             f"tokens (layer {first})",
-            ", ".join(f"{phase} {v['tokens']:,}" for phase, v in phases.items()),
+            ", ".join(f"{phase} {v['tokens']:,}" for phase, v in phases.items()) or "-",
         ),
         ("tokenizer", html.escape(meta["tokenizer"] or "none (token ids shown as [id])")),
     ]
@@ -90,12 +90,35 @@ def _overview(results: dict) -> str:
         f'<tr><th class="left">{key}</th><td class="left">{value}</td></tr>' for key, value in rows
     )
     return (
-        "<p>Which experts a Mixture-of-Experts model chose for every token, read from vLLM "
-        "route logs (<code>VLLM_LOG_MOE</code>). Each line of a log is one token at one layer: "
-        "its top-k experts and their router weights. <em>Top-1</em> below is the expert "
-        "with the largest weight; a <em>pass</em> is one forward step of the engine.</p>"
+        "<p>Which experts a Mixture-of-Experts model chose for its tokens, read from vLLM "
+        "route logs (<code>VLLM_LOG_MOE</code>: each line one token at one layer, its top-k "
+        "experts and their router weights), counts logs and dumps (how often each expert was "
+        "chosen, per time window) or vLLM's own <code>routed_experts</code> (each token's "
+        "experts, no weights). A section an input cannot answer says so. <em>Top-1</em> "
+        "below is the expert with the largest weight; a <em>pass</em> is one forward step of "
+        "the engine.</p>"
         f"<table>{table}</table>"
     )
+
+
+def _input_line(one: dict) -> str:
+    """One input: its files, kind and what was read from it."""
+    read = [
+        f"{one[key]:,} {words}"
+        for key, words in (
+            ("route_lines", "route lines"),
+            ("windows", "windows"),
+            ("dumps", "dumps"),
+            ("responses", "responses"),
+            ("tokens", "tokens"),
+            ("skipped_lines", "bad lines skipped"),
+        )
+        if one.get(key)
+    ]
+    if not one["complete"]:
+        read.append("incomplete: no trailer")
+    files = ", ".join(one["files"])
+    return html.escape(f"{files} ({one['kind']}: {', '.join(read) or 'nothing read'})")
 
 
 def _layer_list(layers: list[int]) -> str:
