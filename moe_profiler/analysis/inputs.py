@@ -178,11 +178,11 @@ def open_inputs(
     for path in routes.find_logs(specs):
         by_kind[tell_kind(path)].append(path)
     inputs: list[Input] = []
-    logs = routes.open_logs(by_kind["log"]) if by_kind["log"] else []
+    modes = {path: routes.LogFile(path, routes.read_header(path)).mode for path in by_kind["log"]}
     for mode in (routes.ROUTES_MODE, routes.COUNTS_MODE):
-        group = [log for log in logs if log.mode == mode]
-        if group:
-            inputs.append(_log_input(group))
+        group = [path for path, its in modes.items() if its == mode]
+        if group:  # the logs of one run (open_logs' checks), each mode its own run
+            inputs.append(_log_input(routes.open_logs(group)))
     if by_kind["dump"]:
         inputs.append(_dump_input([dump_files.read_dump(p) for p in by_kind["dump"]]))
     captures = [native.open_capture(p) for p in by_kind["capture"]]

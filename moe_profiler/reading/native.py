@@ -96,7 +96,7 @@ class NativeCapture:
 
 def open_capture(path: Path) -> NativeCapture:
     """The capture in ``path``, its shape taken from the first response with routed experts."""
-    for _, body in _lines(path):
+    for _, body, _ in _lines(path):
         if body is None:
             continue  # reported when the file is read
         choices = [c for c in body.get("choices", []) if isinstance(c, dict)]
