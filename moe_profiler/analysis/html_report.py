@@ -12,6 +12,7 @@ import html
 import io
 
 from moe_profiler.analysis.description import Analysis
+from moe_profiler.analysis.load import PHASE_LOOK, phases_seen
 
 _STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
@@ -82,7 +83,11 @@ def _overview(results: dict) -> str:
         ("experts, top-k", f"{meta['num_experts']}, {meta['top_k']}"),
         (
             f"tokens (layer {first})",
-            ", ".join(f"{phase} {v['tokens']:,}" for phase, v in phases.items()) or "-",
+            ", ".join(
+                f"{PHASE_LOOK[phase][0]} {phases[phase]['tokens']:,}"
+                for phase in phases_seen({first: phases})
+            )
+            or "-",
         ),
         ("tokenizer", html.escape(meta["tokenizer"] or "none (token ids shown as [id])")),
     ]

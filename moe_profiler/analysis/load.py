@@ -204,8 +204,7 @@ def usage_heatmap(fig, axis, counts: np.ndarray, layers: list[int], title: str) 
 def section(done: Finished, figure_uri: str | None) -> str:
     """The figure, a table of each phase seen per layer (tokens, max/mean, hottest experts)."""
     by_layer = done.results["prefill_decode"]
-    seen = [p for p in PHASES if any(p in phases for phases in by_layer.values())]
-    seen = [p for p in seen if p != "unknown"] + (["unknown"] if "unknown" in seen else [])
+    seen = phases_seen(by_layer) or ["prefill", "decode"]
     rows = []
     for key, phases in by_layer.items():
         row = [key]
@@ -234,6 +233,11 @@ def section(done: Finished, figure_uri: str | None) -> str:
             "time series."
         )
     )
+
+
+def phases_seen(by_layer: dict) -> list[str]:
+    """The phases with tokens at any layer of ``prefill_decode``, in ``PHASES`` order."""
+    return [p for p in PHASES if any(v.get(p, {}).get("tokens") for v in by_layer.values())]
 
 
 ANALYSIS = Analysis(

@@ -98,62 +98,70 @@ def _nullable(values: np.ndarray) -> list:
 
 
 def figure(series: LoadOverTime, result: dict, layer: int, title: str):
-    """Traffic, each layer's balancedness, and the chosen layer's expert shares, over time."""
+    """Traffic, each layer's balancedness, and the chosen layer's expert shares, over time:
+    each window at its last pass (a window opens where the last closed, idle time included)."""
     import matplotlib.pyplot as plt
 
-    windows, t0 = result["windows"], result["t0"]
-    start = np.array(windows["t_start"]) - t0
-    end = np.array(windows["t_end"]) - t0
-    fig, (traffic, balance, heat) = plt.subplots(
-        3, 1, figsize=(11, 10), gridspec_kw={"height_ratios": [0.7, 1, 1.3]}
+    windows = result["windows"]
+    x = np.array(windows["t_end"]) - windows["t_end"][0]
+    edges = cell_edges(x)
+    fig, axes = plt.subplots(
+        3,
+        2,
+        figsize=(11, 10),
+        sharex="col",
+        gridspec_kw={"height_ratios": [0.7, 1, 1.3], "width_ratios": [40, 1]},
     )
+    (traffic, balance, heat), colour_bar = axes[:, 0], axes[2, 1]
+    axes[0, 1].axis("off")
+    axes[1, 1].axis("off")
     tokens = np.array(windows["tokens"])
     prefill = np.array(windows["prefill_tokens"])
-    width = np.maximum(end - start, (end.max() - start.min() or 1) / 400)
-    traffic.bar(start, prefill, width=width, align="edge", color="#3b6ea8", label="prompt tokens")
+    cells = {"x": edges[:-1], "width": np.diff(edges) * 0.9, "align": "edge"}  # the heatmap's
+    traffic.bar(height=prefill, color="#3b6ea8", label="prompt tokens", **cells)
     traffic.bar(
-        start,
-        tokens - prefill,
-        width=width,
-        bottom=prefill,
-        align="edge",
-        color="#e07b39",
-        label="generated tokens",
+        height=tokens - prefill, bottom=prefill, color="#e07b39", label="generated tokens", **cells
     )
     traffic.set_ylabel("tokens per window")
     traffic.legend(fontsize=8, loc="upper right")
     traffic.set_title(f"{title}: load over time")
     layers = list(result["layers"])
     values = np.array(
-        [[np.nan if v is None else v for v in result["layers"][x]["balancedness"]] for x in layers]
+        [[np.nan if v is None else v for v in result["layers"][n]["balancedness"]] for n in layers]
     )
     if len(layers) <= 8:
-        for x, row in zip(layers, values, strict=True):
-            balance.plot(end, row, "o-", markersize=3, label=f"layer {x}")
+        for n, row in zip(layers, values, strict=True):
+            balance.plot(x, row, "o-", markersize=3, label=f"layer {n}")
     else:
         with np.errstate(all="ignore"):
             low, mid, high = np.nanmin(values, 0), np.nanmedian(values, 0), np.nanmax(values, 0)
-        balance.fill_between(end, low, high, color="#3b6ea8", alpha=0.25, label="min-max of layers")
-        balance.plot(end, mid, "-", color="#3b6ea8", label="median of layers")
+        balance.fill_between(x, low, high, color="#3b6ea8", alpha=0.25, label="min-max of layers")
+        balance.plot(x, mid, "-", color="#3b6ea8", label="median of layers")
         chosen = values[layers.index(str(layer))]
-        balance.plot(end, chosen, "o-", markersize=3, color="#c0392b", label=f"layer {layer}")
+        balance.plot(x, chosen, "o-", markersize=3, color="#c0392b", label=f"layer {layer}")
     balance.set_ylim(0, 1.05)
-    balance.set_xlim(traffic.get_xlim())
     balance.set_ylabel("balancedness (mean / max)")
     balance.legend(fontsize=7, loc="lower left", ncol=4)
     balance.grid(alpha=0.3)
     relative = np.array(series.chosen_shares)[series.order()].T * series.num_experts
-    image = heat.imshow(
-        relative, aspect="auto", cmap="magma", interpolation="nearest", origin="lower"
+    image = heat.pcolormesh(
+        edges, np.arange(series.num_experts + 1) - 0.5, relative, cmap="magma", shading="flat"
     )
-    heat.set_xlabel("window, in time order")
     heat.set_ylabel("expert id")
+    heat.set_xlabel("seconds since the first window's last pass")
     heat.set_title(f"layer {layer}: each expert's share of the choices relative to an even share")
-    fig.colorbar(image, ax=heat, fraction=0.03, pad=0.01)
-    traffic.set_xlabel("seconds since the first window")
-    balance.set_xlabel("seconds since the first window")
+    fig.colorbar(image, cax=colour_bar)
     fig.tight_layout()
     return fig
+
+
+def cell_edges(x: np.ndarray) -> np.ndarray:
+    """Edges of cells centred on the sorted points ``x``: half-way between neighbours, the
+    outer ones as far out as their neighbour's half-gap (1 s around a single point)."""
+    if len(x) == 1:
+        return np.array([x[0] - 0.5, x[0] + 0.5])
+    middle = (x[1:] + x[:-1]) / 2
+    return np.r_[x[0] - (middle[0] - x[0]), middle, x[-1] + (x[-1] - middle[-1])]
 
 
 def section(done: Finished, figure_uri: str | None) -> str:
@@ -176,18 +184,20 @@ def section(done: Finished, figure_uri: str | None) -> str:
             ]
         )
     windows = result["windows"]
+    ends = windows["t_end"]
     span = (
-        f"{len(windows['t_end'])} windows from "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(result['t0']))} UTC over "
-        f"{max(windows['t_end']) - result['t0']:,.0f} s"
-        if windows["t_end"]
+        f"{len(ends)} windows ending from "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ends[0]))} UTC over "
+        f"{ends[-1] - ends[0]:,.1f} s"
+        if ends
         else "no window"
     )
     return (
         figure_html(
             figure_uri,
             "time_series",
-            f"{span}. Top: tokens per window (prompt blue, generated orange); middle: each "
+            f"{span}. Top: tokens per window, at its last pass (prompt blue, generated "
+            "orange); middle: each "
             "layer's balancedness per window (mean / max of its experts' loads, 1 = even); "
             f"bottom: layer {done.run.layer}'s expert shares per window relative to an even "
             "share (bright = hot).",
