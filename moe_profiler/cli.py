@@ -205,16 +205,11 @@ def run_analyze(args: argparse.Namespace, prog: str = "moe-profiler analyze") ->
 
 def read_summary(results: dict) -> str:
     """What the report read, in one line: route lines, windows, responses, layers, passes."""
+    from moe_profiler.analysis.inputs import read_in_words
+
     inputs = results["meta"]["inputs"]
-    read = [
-        f"{total:,} {words}"
-        for key, words in (
-            ("route_lines", "route lines"),
-            ("windows", "count windows"),
-            ("responses", "responses"),
-        )
-        if (total := sum(one.get(key, 0) for one in inputs))
-    ]
+    keys = ("route_lines", "windows", "responses")
+    read = read_in_words({k: sum(one.get(k, 0) for one in inputs) for k in keys}, keys)
     read.append(f"{len(results['meta']['layers'])} layer(s)")
     if results.get("ep_info", {}).get("passes"):
         read.append(f"{results['ep_info']['passes']:,} passes")

@@ -225,19 +225,17 @@ def test_ctrl_c_writes_the_trailer(routes_server):
     assert trailer["lines"] == sum(r["type"] == "route" for r in lines)
 
 
+def counts_server(model, log) -> Server:
+    """``vllm serve`` in counts mode, every layer, windows of 0.5 s."""
+    env = {"VLLM_LOG_MOE_MODE": "counts", "VLLM_LOG_MOE_INTERVAL_S": "0.5"}
+    return Server.start(model, log, {"VLLM_LOG_MOE_LAYER": "all", **env})
+
+
 def test_counts_mode_equals_routes_mode_on_the_same_traffic(
     routes_server, tiny_model, questions, tmp_path, patched
 ):
     log = tmp_path / "counts.jsonl"
-    server = Server.start(
-        tiny_model,
-        log,
-        {
-            "VLLM_LOG_MOE_LAYER": "all",
-            "VLLM_LOG_MOE_MODE": "counts",
-            "VLLM_LOG_MOE_INTERVAL_S": "0.5",
-        },
-    )
+    server = counts_server(tiny_model, log)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
         outputs = completion(client, tiny_model, questions[:8])
@@ -271,15 +269,7 @@ def test_the_report_of_a_counts_log_of_vllm_serve_shows_its_load_over_time(
     page opened in Chromium: the load over time, one point per window; the server's own
     dump gives the same load, and is refused beside its log (counted twice)."""
     log = tmp_path / "counts.jsonl"
-    server = Server.start(
-        tiny_model,
-        log,
-        {
-            "VLLM_LOG_MOE_LAYER": "all",
-            "VLLM_LOG_MOE_MODE": "counts",
-            "VLLM_LOG_MOE_INTERVAL_S": "0.5",
-        },
-    )
+    server = counts_server(tiny_model, log)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
         outputs = completion(client, tiny_model, questions[40:48])

@@ -73,23 +73,26 @@ def test_logging_off_changes_nothing(tiny_model, prompts12, unpatched_tokens, tm
     assert "VLLM_LOG_MOE" not in proc.stderr
 
 
+def prompts12_run(tmp, model, prompts12, log_name: str, env: dict):
+    """The twelve prompts, 12 tokens each, every layer logged to ``tmp / log_name`` with
+    ``env``: (records, log, process)."""
+    log = tmp / log_name
+    env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **env}
+    records, proc = engine(tmp, {"model": str(model), "prompts": prompts12, "max_tokens": 12}, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return records, log, proc
+
+
 @pytest.fixture(scope="session")
 def all_layers_run(tiny_model, prompts12, tmp_path_factory, patched):
     """vLLM's defaults (torch.compile on the CPU build), every layer logged."""
-    tmp = tmp_path_factory.mktemp("all-layers")
-    log = tmp / "moe_routes.jsonl"
     env = {
-        "VLLM_LOG_MOE": str(log),
-        "VLLM_LOG_MOE_LAYER": "all",
         "VLLM_LOG_MOE_SEED": "1234",
         "VLLM_LOG_MOE_MODEL_ID": "tiny/qwen2-moe",
         "VLLM_LOG_MOE_REQ_ID": "e2e-all",
     }
-    records, proc = engine(
-        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return records, log, proc
+    tmp = tmp_path_factory.mktemp("all-layers")
+    return prompts12_run(tmp, tiny_model, prompts12, "moe_routes.jsonl", env)
 
 
 @pytest.mark.every_release
@@ -205,13 +208,7 @@ IN_GRAPH_COUNTS = {
 def in_graph_counts_run(tiny_model, prompts12, tmp_path_factory, patched):
     """all_layers_run's prompts in counts mode, counted inside the compiled forward."""
     tmp = tmp_path_factory.mktemp("in-graph")
-    log = tmp / "counts.jsonl"
-    env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **IN_GRAPH_COUNTS}
-    records, proc = engine(
-        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return records, log, proc
+    return prompts12_run(tmp, tiny_model, prompts12, "counts.jsonl", IN_GRAPH_COUNTS)
 
 
 @pytest.mark.every_release
@@ -233,18 +230,9 @@ def test_in_graph_counts_equal_the_routes_of_the_same_prompts(all_layers_run, in
 def counts_run(tiny_model, prompts12, tmp_path_factory, patched):
     """all_layers_run's prompts in counts mode as production runs it (end-of-pass counts),
     windows of 0.2 s."""
+    env = {"VLLM_LOG_MOE_MODE": "counts", "VLLM_LOG_MOE_INTERVAL_S": "0.2"}
     tmp = tmp_path_factory.mktemp("counts")
-    log = tmp / "counts.jsonl"
-    env = {
-        "VLLM_LOG_MOE": str(log),
-        "VLLM_LOG_MOE_LAYER": "all",
-        "VLLM_LOG_MOE_MODE": "counts",
-        "VLLM_LOG_MOE_INTERVAL_S": "0.2",
-    }
-    records, proc = engine(
-        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    records, log, _ = prompts12_run(tmp, tiny_model, prompts12, "counts.jsonl", env)
     routes.wait_until_complete(log, timeout=120)
     return records, log
 

@@ -12,6 +12,7 @@ import html
 import io
 
 from moe_profiler.analysis.description import Analysis
+from moe_profiler.analysis.inputs import read_in_words
 from moe_profiler.analysis.load import PHASE_LOOK, phases_seen
 
 _STYLE = """
@@ -108,20 +109,7 @@ def _overview(results: dict) -> str:
 
 def _input_line(one: dict) -> str:
     """One input: its files, kind and what was read from it."""
-    read = [
-        f"{one[key]:,} {words}"
-        for key, words in (
-            ("route_lines", "route lines"),
-            ("windows", "windows"),
-            ("dumps", "dumps"),
-            ("responses", "responses"),
-            ("tokens", "tokens"),
-            ("skipped_lines", "bad lines skipped"),
-        )
-        if one.get(key)
-    ]
-    if not one["complete"]:
-        read.append("incomplete: no trailer")
+    read = read_in_words(one) + ([] if one["complete"] else ["incomplete: no trailer"])
     files = ", ".join(one["files"])
     return html.escape(f"{files} ({one['kind']}: {', '.join(read) or 'nothing read'})")
 

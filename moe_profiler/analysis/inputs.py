@@ -145,6 +145,22 @@ class CaptureInput(Input):
         }
 
 
+READ_WORDS = (  # what an input's account counts, in words
+    ("route_lines", "route lines"),
+    ("windows", "count windows"),
+    ("dumps", "dumps"),
+    ("responses", "responses"),
+    ("tokens", "tokens"),
+    ("skipped_lines", "bad lines skipped"),
+)
+
+
+def read_in_words(account: dict, keys=tuple(k for k, _ in READ_WORDS)) -> list[str]:
+    """What an ``account`` (of one input, or summed over several) counts, those of ``keys``
+    that are not 0: "1,234 route lines", ..."""
+    return [f"{account[k]:,} {words}" for k, words in READ_WORDS if k in keys and account.get(k)]
+
+
 def read_all(
     inputs: list[Input], strict: bool, warn: Warn, wanted: Callable[[Input], bool] = bool
 ) -> Iterator[tuple[Input, RouteBlock | CountsWindow]]:
