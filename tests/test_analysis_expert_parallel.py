@@ -86,6 +86,24 @@ def test_eplb_placement_is_vllms_policy_on_the_measured_loads():
     assert share.sum(axis=2) == pytest.approx(np.ones((1, 4)))
 
 
+def test_eplb_placement_reads_the_policy_of_every_release():
+    """vLLM 0.32's rebalance_experts returns phy2log alone, 0.15.1's a tuple with it first:
+    the same placement from either."""
+    rebalance, source = ep.load_eplb_policy()
+    assert rebalance is not None, source
+    loads = np.array([[10, 1, 1, 0], [0, 3, 9, 4], [2, 2, 2, 2]])
+
+    def phy2log_only(*args):
+        placed = rebalance(*args)
+        return placed[0] if isinstance(placed, tuple) else placed
+
+    for redundant in (0, 2):
+        assert np.array_equal(
+            ep.eplb_placement(phy2log_only, loads, ep_size=2, redundant=redundant),
+            ep.eplb_placement(rebalance, loads, ep_size=2, redundant=redundant),
+        )
+
+
 def test_eplb_variants_in_the_result(what_if):
     rebalance, _ = ep.load_eplb_policy()
     result = what_if.result(rebalance)

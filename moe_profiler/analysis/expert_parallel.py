@@ -84,16 +84,17 @@ def eplb_placement(
     """float64 [layers, experts, GPUs]: each expert's share of its load on each GPU.
 
     ``loads`` [layers, experts] are the measured loads EPLB is fitted on; an expert with
-    r replicas puts 1/r of its load on the GPU of each replica.
+    r replicas puts 1/r of its load on the GPU of each replica. vLLM 0.15.1's policy
+    returns (phy2log, log2phy, logcnt), 0.32's phy2log alone: the replica counts are
+    taken from phy2log either way.
     """
     import torch
 
     num_layers, num_experts = loads.shape
     slots = num_experts + redundant
-    phy2log, _, logcnt = rebalance(
-        torch.as_tensor(np.asarray(loads, dtype=np.int64)), slots, 1, 1, ep_size
-    )
-    phy2log, logcnt = phy2log.numpy(), logcnt.numpy()
+    placed = rebalance(torch.as_tensor(np.asarray(loads, dtype=np.int64)), slots, 1, 1, ep_size)
+    phy2log = np.asarray(placed[0] if isinstance(placed, tuple) else placed)
+    logcnt = np.stack([np.bincount(row, minlength=num_experts) for row in phy2log])
     gpu_of_slot = np.arange(slots) // (slots // ep_size)
     share = np.zeros((num_layers, num_experts, ep_size))
     layer = np.repeat(np.arange(num_layers), slots)
