@@ -78,7 +78,7 @@ def _overview(results: dict) -> str:
     phases = results.get("prefill_decode", {}).get(first, {})
     rows = [
         ("model", html.escape(str(meta["model_id"] or meta["model_name"]))),
-        ("run", html.escape(str(meta["run_id"]))),
+        ("run", html.escape(str(meta["run_id"] or "-"))),
         ("inputs", "<br>".join(_input_line(one) for one in meta["inputs"])),
         ("layers", _layer_list(meta["layers"])),
         ("experts, top-k", f"{meta['num_experts']}, {meta['top_k']}"),

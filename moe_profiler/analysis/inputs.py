@@ -67,7 +67,6 @@ class Input:
     layers: list[int]  # the layers it has routes or counts of
     model: str | None
     sources: int  # source numbers its items use in a read (one per file)
-    problems: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -98,10 +97,10 @@ class LogInput(Input):
         return routes.iter_blocks(self.logs, strict, warn, first_source=first_source)
 
     def account(self) -> dict:
-        counted = "windows" if self.kind == "counts log" else "routes"
+        counts = self.kind == "counts log"
         return {
-            "route_lines" if counted == "routes" else "windows": sum(
-                getattr(log, counted) for log in self.logs
+            "windows" if counts else "route_lines": sum(
+                log.windows if counts else log.routes for log in self.logs
             ),
             "skipped_lines": sum(len(log.problems) for log in self.logs),
             "complete": all(log.trailer is not None for log in self.logs),
@@ -289,7 +288,7 @@ def _capture_input(capture: native.NativeCapture, num_experts: int | None) -> Ca
         top_k=capture.top_k,
         num_layers=capture.num_layers,
         layers=capture.layers,
-        model=capture.model,
+        model=model_label({"model_name": capture.model}) if capture.model else None,
         sources=1,
         capture=capture,
     )
