@@ -93,9 +93,16 @@ class AtLeast(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
+INPUT_HELP = (
+    "route or counts logs (and their rotated parts), dumps of /dump_expert_distribution_record, "
+    "JSONL files of OpenAI responses with vLLM's routed_experts: files, folders (their *.jsonl) "
+    "or globs, told apart by their content; the files of one run are merged"
+)
+
+
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``analyze`` (and of analyze_routes.py)."""
-    parser.add_argument("logs", nargs="+", help=LOG_HELP)
+    parser.add_argument("logs", nargs="+", metavar="INPUT", help=INPUT_HELP)
     parser.add_argument("--out", type=Path, required=True, help="folder for the three outputs")
     parser.add_argument(
         "--tokenizer",
@@ -104,9 +111,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
         nargs="+",
-        metavar="LOG",
+        metavar="INPUT",
         default=[],
-        help="logs of a second run (e.g. another prompt set) to compare this one with",
+        help="inputs of a second run (e.g. another prompt set) to compare this one with",
     )
     parser.add_argument(
         "--request",
@@ -117,6 +124,13 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         "--layer",
         type=int,
         help="layer of the per-layer figures and the text view (default: first logged)",
+    )
+    parser.add_argument(
+        "--num-experts",
+        action=AtLeast,
+        minimum=1,
+        help="the model's expert count, for vLLM's routed_experts (they carry ids only); "
+        "default: the other inputs'",
     )
     parser.add_argument(
         "--top",
@@ -157,6 +171,7 @@ def run_analyze(args: argparse.Namespace, prog: str = "moe-profiler analyze") ->
         compare=args.compare,
         request=args.request,
         layer=args.layer,
+        num_experts=args.num_experts,
         top=args.top,
         min_count=args.min_count,
         redundant_per_gpu=args.redundant_per_gpu,
@@ -168,15 +183,16 @@ def run_analyze(args: argparse.Namespace, prog: str = "moe-profiler analyze") ->
     except (routes.RouteLogError, OptionError, OSError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    meta = results["meta"]
-    print(
-        f"{meta['route_lines']:,} route lines, {len(meta['layers'])} layer(s), "
-        f"{results['ep_info']['passes']:,} passes: wrote {args.out / 'report.html'}, "
-        f"{args.out / 'analysis.json'} and {args.out / 'sglang_logical_count.json'}"
-    )
-    if not results["ep_info"]["eplb_available"]:
+    written = [args.out / name for name in ("report.html", "analysis.json")]
+    if "ep" in results:
+        written.append(args.out / "sglang_logical_count.json")
+    print(f"{read_summary(results)}: wrote {', '.join(map(str, written))}")
+    if "ep_info" in results and not results["ep_info"]["eplb_available"]:
         print(f"note: {results['ep_info']['eplb']}")
-    if args.request and results["text_view"].get("found") is False:
+    for key, section in results["meta"]["sections"].items():
+        if "left_out" in section:
+            print(f"{key}: {section['left_out']}")
+    if args.request and results.get("text_view", {}).get("found") is False:
         first = ", ".join(results["text_view"]["seen"]) or "none"
         print(
             f"{prog}: --request {args.request}: not in the logs (first requests: "
@@ -185,6 +201,19 @@ def run_analyze(args: argparse.Namespace, prog: str = "moe-profiler analyze") ->
         )
         return 1
     return 0
+
+
+def read_summary(results: dict) -> str:
+    """What the report read, in one line: route lines, windows, responses, layers, passes."""
+    from moe_profiler.analysis.inputs import read_in_words
+
+    inputs = results["meta"]["inputs"]
+    keys = ("route_lines", "windows", "responses")
+    read = read_in_words({k: sum(one.get(k, 0) for one in inputs) for k in keys}, keys)
+    read.append(f"{len(results['meta']['layers'])} layer(s)")
+    if results.get("ep_info", {}).get("passes"):
+        read.append(f"{results['ep_info']['passes']:,} passes")
+    return ", ".join(read)
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,13 +254,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 ANALYZE_DESCRIPTION = """\
-Reads the logs once and writes to --out: report.html (one self-contained page,
-figures embedded, opens offline; each section says what it answers and what its
-figure shows), analysis.json (every number of the page) and
-sglang_logical_count.json (per-layer expert loads for SGLang's
+Reads the inputs once (route or counts logs, dumps of the recorder endpoint, vLLM's own
+routed_experts; a section the inputs cannot answer is left out, saying why) and writes
+to --out: report.html (one self-contained page, figures embedded, opens offline; each
+section says what it answers and what its figure shows), analysis.json (every number
+of the page) and sglang_logical_count.json (per-layer expert loads for SGLang's
 --init-expert-location).
 
   moe-profiler analyze moe_routes.jsonl --out report/
+  moe-profiler analyze counts.p*.jsonl counts.dump-*.json --out report/
+  moe-profiler analyze responses.jsonl --num-experts 60 --out report/
   moe-profiler analyze 'runs/gsm8k/*.jsonl' --out cmp/ --compare runs/code/ \\
       --tokenizer Qwen/Qwen1.5-MoE-A2.7B-Chat --request 7 --layer 12
 

@@ -1,13 +1,14 @@
 """Expert-parallel what-if (moe_profiler/analysis/expert_parallel.py)."""
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from helpers import route_block
 
 from moe_profiler.analysis import expert_parallel as ep
-from moe_profiler.reading.columns import DECODE
+from moe_profiler.reading.columns import DECODE, CountsWindow
 
 
 def top1_lines(step, experts, first_token=0):
@@ -37,8 +38,8 @@ def test_ep_sizes_and_contiguous_placement_follow_vllm():
 
 def test_balancedness_per_pass_weighted_by_tokens_and_on_totals(what_if):
     result = what_if.result(rebalance=None)
-    assert what_if.passes == 3
-    assert what_if.totals.tolist() == [[3, 1, 1, 1 + 1]]
+    assert what_if.passes.units == 3 and what_if.windows.units == 0
+    assert what_if.whole_run_totals().tolist() == [[3, 1, 1, 1 + 1]]
     # loads per pass [3,1,0,0] (4 tokens), [0,0,1,1] (2), [0,0,0,1] (1)
     # 2 GPUs {0,1} {2,3}: [4,0] [0,2] [0,1] -> 0.5 each; totals [4,3] -> 3.5/4
     two = result["2"]["contiguous"]
@@ -50,6 +51,22 @@ def test_balancedness_per_pass_weighted_by_tokens_and_on_totals(what_if):
     assert four["balancedness_of_totals"] == pytest.approx(1.75 / 3, abs=1e-6)
     assert four["per_layer"]["0"]["balancedness"] == four["balancedness"]
     assert set(result) == {"2", "4"} and set(result["2"]) == {"contiguous"}
+    assert four["balancedness_per_window"] is None  # no counts window was read
+
+
+def test_windows_are_scored_apart_from_passes_and_join_the_totals(what_if):
+    """A counts window is one unit, its tokens its choices / top_k; the totals add up both."""
+    window = CountsWindow(0, 10.0, 20.0, 5, 6, 2, np.array([0]), np.array([[0, 6, 0, 0]]), None)
+    what_if.add_window(window)
+    what_if.add_window(replace(window, counts=np.array([[2, 2, 2, 0]])))
+    result = what_if.result(rebalance=None)
+    assert (what_if.passes.units, what_if.windows.units) == (3, 2)
+    assert what_if.whole_run_totals().tolist() == [[5, 9, 3, 2]]
+    two = result["2"]["contiguous"]
+    assert two["balancedness"] == pytest.approx(0.5)  # the passes' alone, as before
+    # windows on {0,1} {2,3}: [6,0] -> 0.5, [4,2] -> 0.75, each 6 tokens
+    assert two["balancedness_per_window"] == pytest.approx((0.5 + 0.75) / 2)
+    assert two["balancedness_of_totals"] == pytest.approx(9.5 / 14)
 
 
 def test_eplb_placement_is_vllms_policy_on_the_measured_loads():
@@ -67,6 +84,24 @@ def test_eplb_placement_is_vllms_policy_on_the_measured_loads():
     gpu_loads = np.einsum("le,leg->lg", loads, share)[0]
     assert sorted(gpu_loads.tolist()) == pytest.approx([16 / 3, 20 / 3])
     assert share.sum(axis=2) == pytest.approx(np.ones((1, 4)))
+
+
+def test_eplb_placement_reads_the_policy_of_every_release():
+    """vLLM 0.32's rebalance_experts returns phy2log alone, 0.15.1's a tuple with it first:
+    the same placement from either."""
+    rebalance, source = ep.load_eplb_policy()
+    assert rebalance is not None, source
+    loads = np.array([[10, 1, 1, 0], [0, 3, 9, 4], [2, 2, 2, 2]])
+
+    def phy2log_only(*args):
+        placed = rebalance(*args)
+        return placed[0] if isinstance(placed, tuple) else placed
+
+    for redundant in (0, 2):
+        assert np.array_equal(
+            ep.eplb_placement(phy2log_only, loads, ep_size=2, redundant=redundant),
+            ep.eplb_placement(rebalance, loads, ep_size=2, redundant=redundant),
+        )
 
 
 def test_eplb_variants_in_the_result(what_if):

@@ -67,3 +67,25 @@ def test_a_single_logged_layer_has_no_pairs():
     acc = layer_paths.LayerTransitions([3], num_experts=3)
     acc.add(route_block(token(1, 0, [1], (3,)), ["r-1"]))
     assert acc.result() == {}
+
+
+def test_top_k_pairs_across_layers_need_no_weights():
+    """Tokens with a in their top-k at l and b at the next layer, lift over unrelated
+    layers at the same loads; without weights no top-1 part."""
+    acc = layer_paths.LayerTransitions([0, 2], num_experts=3, top1=False)
+    lines = token(1, 0, [0, 1], (0, 2)) + token(1, 1, [0, 1], (0, 2)) + token(2, 0, [2, 2], (0, 2))
+    acc.add(route_block(lines, ["r-1"]))  # top-k sets {1,0}->{2,1} twice, {0,2}->{0,2}
+    result = acc.result(top=10, min_count=1)["0->2"]
+    # at layer 0 expert 0 in 3 tokens, 1 in 2, 2 in 1; at layer 2: 0 in 1, 1 in 2, 2 in 3
+    assert result == {
+        "tokens": 3,
+        "experts_together": [
+            {"from": 2, "to": 0, "count": 1, "lift": 3.0, "p": 1.0},
+            {"from": 1, "to": 1, "count": 2, "lift": 1.5, "p": 1.0},
+            {"from": 0, "to": 2, "count": 3, "lift": 1.0, "p": 1.0},
+            {"from": 0, "to": 1, "count": 2, "lift": 1.0, "p": 0.666667},
+            {"from": 1, "to": 2, "count": 2, "lift": 1.0, "p": 1.0},
+            {"from": 0, "to": 0, "count": 1, "lift": 1.0, "p": 0.333333},
+            {"from": 2, "to": 2, "count": 1, "lift": 1.0, "p": 1.0},
+        ],
+    }

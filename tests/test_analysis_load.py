@@ -134,7 +134,7 @@ def test_load_adds_counts_windows():
     load = ExpertLoad([0, 3], num_experts=2, top_k=1)
     for layers, counts in (([3], [[4, 1]]), ([0, 3], [[2, 2], [0, 5]])):
         shape = (len(layers), 2)
-        load.add_counts(
+        load.add_window(
             CountsWindow(0, 0.0, 1.0, 1, 1, 0, np.array(layers), np.array(counts), np.ones(shape))
         )
     assert load.totals().tolist() == [[2, 2], [4, 6]]

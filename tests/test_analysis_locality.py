@@ -64,3 +64,15 @@ def test_layers_are_kept_apart():
     result = acc.result()
     assert result["0"]["same_top1"] == 1.0 and result["0"]["jaccard"] == 1.0
     assert result["1"]["same_top1"] == 0.0 and result["1"]["jaccard"] == 1.0
+
+
+def test_without_weights_only_the_overlap_is_measured():
+    """vLLM's routed_experts carry no weights: no top-1, the same overlap and Jaccard."""
+    lines = [line(2, A, 10, [0, 1]), line(3, A, 11, [0, 2]), line(4, A, 12, [3, 2])]
+    with_weights = TemporalLocality([0], num_experts=4, top_k=2)
+    without = TemporalLocality([0], num_experts=4, top_k=2, top1=False)
+    for acc in (with_weights, without):
+        acc.add(route_block(lines, REQUESTS))
+    got, full = without.result()["0"], with_weights.result()["0"]
+    assert set(full) - set(got) == {"same_top1", "same_top1_independent"}
+    assert got == {key: full[key] for key in got} and got["pairs"] == 2

@@ -1,5 +1,6 @@
 """analyze_routes.py end to end on written logs: outputs, their agreement, bad options."""
 
+import html
 import json
 import subprocess
 import sys
@@ -154,15 +155,23 @@ def test_unknown_request_still_writes_the_report(run, tmp_path):
     assert json.loads((tmp_path / "analysis.json").read_text())["text_view"]["found"] is False
 
 
-def test_a_schema1_log_gets_a_report_without_phases_or_tokens(tmp_path):
-    done = analyze(REPO / "tests/data/schema1.jsonl", "--out", tmp_path, "--no-eplb")
+def test_a_schema1_log_gets_a_report_without_what_it_does_not_record(tmp_path):
+    log = REPO / "tests/data/schema1.jsonl"
+    done = analyze(log, "--out", tmp_path, "--no-eplb")
     assert done.returncode == 0, done.stderr
     analysis = json.loads((tmp_path / "analysis.json").read_text())
     assert list(analysis["prefill_decode"]["0"]) == ["prefill", "decode", "unknown"]
     assert analysis["prefill_decode"]["0"]["unknown"]["tokens"] == 3
-    assert analysis["token_experts"] == {"0": {}} and analysis["locality"]["0"]["pairs"] == 0
+    assert {"load", "ep", "coactivation", "transitions"} <= set(analysis)
+    assert not {"locality", "token_experts", "text_view", "time_series"} & set(analysis)
+    why = analysis["meta"]["sections"]["text_view"]["left_out"]
+    assert why == (
+        "Left out: it needs each token's request and position, which "
+        f"{log} (routes log, schema 1) does not record."
+    )
     page = (tmp_path / "report.html").read_text()
-    assert "these logs have no request ids (schema 1)" in page
+    assert '<h2 id="text_view">' in page and html.escape(why) in page
+    assert f"text_view: {why}" in done.stdout
 
 
 def test_without_vllm_the_report_says_eplb_was_skipped(run, tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
 """``vllm serve`` with the route log, driven as users drive it (CPU build, tiny MoE).
 
-Three real servers, each shared by the tests below it, in file order:
+Four real servers, each shared by the tests below it, in file order:
 - routes mode, all layers: completions, chat, streaming and 16 concurrent requests
   through the ``openai`` client, each logged token checked against the response's
   token ids and phase; SGLang's stop/start/dump mid-traffic; the status; a real
   ``/metrics`` scrape parsed with prometheus_client; Ctrl-C;
 - counts mode on the first batch of the routes server: equal counts; SIGTERM;
+- a counts server under two kinds of traffic: its report (load over time) in Chromium;
 - rotation (1 MiB, keep 2) with sampling (half the requests);
 - two API keys: the recorder's endpoints refuse exactly as ``/v1`` does;
 and bad values of every new variable, each refused at start with its name.
@@ -15,6 +16,7 @@ The chaos test (control calls, traffic, a killed engine) is test_e2e_chaos.py.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import signal
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import (
     Server,
@@ -35,6 +38,10 @@ from serve_helpers import (
     wait_for_route_lines,
 )
 
+from moe_profiler.analysis import pipeline
+from moe_profiler.analysis.description import Options
+from moe_profiler.reading.routes import RouteLogError
+from moe_profiler.verification import report_browser
 from moe_route_log.log_format import is_sampled
 
 pytestmark = pytest.mark.e2e
@@ -225,19 +232,17 @@ def test_ctrl_c_writes_the_trailer(routes_server):
     assert trailer["lines"] == sum(r["type"] == "route" for r in lines)
 
 
+def counts_server(model, log) -> Server:
+    """``vllm serve`` in counts mode, every layer, windows of 0.5 s."""
+    env = {"VLLM_LOG_MOE_MODE": "counts", "VLLM_LOG_MOE_INTERVAL_S": "0.5"}
+    return Server.start(model, log, {"VLLM_LOG_MOE_LAYER": "all", **env})
+
+
 def test_counts_mode_equals_routes_mode_on_the_same_traffic(
     routes_server, tiny_model, questions, tmp_path, patched
 ):
     log = tmp_path / "counts.jsonl"
-    server = Server.start(
-        tiny_model,
-        log,
-        {
-            "VLLM_LOG_MOE_LAYER": "all",
-            "VLLM_LOG_MOE_MODE": "counts",
-            "VLLM_LOG_MOE_INTERVAL_S": "0.5",
-        },
-    )
+    server = counts_server(tiny_model, log)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
         outputs = completion(client, tiny_model, questions[:8])
@@ -262,6 +267,49 @@ def test_counts_mode_equals_routes_mode_on_the_same_traffic(
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     scraped = sum(s.value for s in families["vllm_moe_expert_tokens"].samples)
     assert scraped == summed.sum()
+
+
+def test_the_report_of_a_counts_log_of_vllm_serve_shows_its_load_over_time(
+    tiny_model, questions, tmp_path, patched
+):
+    """A counts log of a real server under two kinds of traffic, read by the report and its
+    page opened in Chromium: the load over time, one point per window; the server's own
+    dump gives the same load, and is refused beside its log (counted twice)."""
+    log = tmp_path / "counts.jsonl"
+    server = counts_server(tiny_model, log)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+        outputs = completion(client, tiny_model, questions[40:48])
+        time.sleep(1.0)  # no traffic: no window
+        numbers = [" ".join(str(n) for n in range(i, i + 60)) for i in range(4)]
+        outputs += completion(client, tiny_model, numbers, max_tokens=24)
+        dump = server.json("/dump_expert_distribution_record", method="POST")
+        assert server.stop(signal.SIGINT) == 0, server.tail()
+    finally:
+        server.kill()
+    report = pipeline.write_report([str(log)], tmp_path / "report", Options())
+    series = report["time_series"]
+    assert len(series["windows"]["t_end"]) >= 2
+    assert sum(series["windows"]["tokens"]) == tokens_of(outputs)
+    assert all(
+        len(v["balancedness"]) == len(series["windows"]["t_end"]) for v in series["layers"].values()
+    )
+    assert report["ep_info"]["windows"] == len(series["windows"]["t_end"])
+    from_dump = pipeline.write_report([dump["dump_path"]], tmp_path / "dump", Options())
+    for layer in map(str, range(LAYERS)):
+        assert from_dump["load"][layer]["counts"] == report["load"][layer]["counts"]
+    with pytest.raises(RouteLogError, match=r"is a dump of the server that wrote .*counts\.jsonl"):
+        pipeline.write_report([str(log), dump["dump_path"]], tmp_path / "both", Options())
+    shot = tmp_path / "report.png"
+    seen = report_browser.visit(tmp_path / "report" / "report.html", shot)
+    assert seen.errors == [] and seen.requests == [] and seen.broken_images == []
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert '<h2 id="time_series">' in page and '<img alt="time_series"' in page
+    assert html.escape("Left out: it needs each token's top-k experts") in page
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert (image < 245).any(axis=2).mean() > 0.05 and len(
+        np.unique(image.reshape(-1, 3), axis=0)
+    ) > 500
 
 
 def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):

@@ -34,6 +34,8 @@ from e2e_helpers import (
 )
 from vllm_under_test import patch_release, release
 
+from moe_profiler.analysis import pipeline
+from moe_profiler.analysis.description import Options
 from moe_profiler.reading import routes
 from moe_profiler.verification import oracle
 
@@ -71,23 +73,26 @@ def test_logging_off_changes_nothing(tiny_model, prompts12, unpatched_tokens, tm
     assert "VLLM_LOG_MOE" not in proc.stderr
 
 
+def prompts12_run(tmp, model, prompts12, log_name: str, env: dict):
+    """The twelve prompts, 12 tokens each, every layer logged to ``tmp / log_name`` with
+    ``env``: (records, log, process)."""
+    log = tmp / log_name
+    env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **env}
+    records, proc = engine(tmp, {"model": str(model), "prompts": prompts12, "max_tokens": 12}, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return records, log, proc
+
+
 @pytest.fixture(scope="session")
 def all_layers_run(tiny_model, prompts12, tmp_path_factory, patched):
     """vLLM's defaults (torch.compile on the CPU build), every layer logged."""
-    tmp = tmp_path_factory.mktemp("all-layers")
-    log = tmp / "moe_routes.jsonl"
     env = {
-        "VLLM_LOG_MOE": str(log),
-        "VLLM_LOG_MOE_LAYER": "all",
         "VLLM_LOG_MOE_SEED": "1234",
         "VLLM_LOG_MOE_MODEL_ID": "tiny/qwen2-moe",
         "VLLM_LOG_MOE_REQ_ID": "e2e-all",
     }
-    records, proc = engine(
-        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return records, log, proc
+    tmp = tmp_path_factory.mktemp("all-layers")
+    return prompts12_run(tmp, tiny_model, prompts12, "moe_routes.jsonl", env)
 
 
 @pytest.mark.every_release
@@ -203,13 +208,7 @@ IN_GRAPH_COUNTS = {
 def in_graph_counts_run(tiny_model, prompts12, tmp_path_factory, patched):
     """all_layers_run's prompts in counts mode, counted inside the compiled forward."""
     tmp = tmp_path_factory.mktemp("in-graph")
-    log = tmp / "counts.jsonl"
-    env = {"VLLM_LOG_MOE": str(log), "VLLM_LOG_MOE_LAYER": "all", **IN_GRAPH_COUNTS}
-    records, proc = engine(
-        tmp, {"model": str(tiny_model), "prompts": prompts12, "max_tokens": 12}, env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return records, log, proc
+    return prompts12_run(tmp, tiny_model, prompts12, "counts.jsonl", IN_GRAPH_COUNTS)
 
 
 @pytest.mark.every_release
@@ -225,6 +224,57 @@ def test_in_graph_counts_equal_the_routes_of_the_same_prompts(all_layers_run, in
     expected = route_totals(got, [0, 1, 2])
     assert expected["tokens"] == sum(len(expected_positions(r)) for r in records)
     assert_counts_equal_routes(counted, expected)
+
+
+@pytest.fixture(scope="session")
+def counts_run(tiny_model, prompts12, tmp_path_factory, patched):
+    """all_layers_run's prompts in counts mode as production runs it (end-of-pass counts),
+    windows of 0.2 s."""
+    env = {"VLLM_LOG_MOE_MODE": "counts", "VLLM_LOG_MOE_INTERVAL_S": "0.2"}
+    tmp = tmp_path_factory.mktemp("counts")
+    records, log, _ = prompts12_run(tmp, tiny_model, prompts12, "counts.jsonl", env)
+    routes.wait_until_complete(log, timeout=120)
+    return records, log
+
+
+@pytest.mark.every_release
+def test_a_counts_log_gives_the_load_and_expert_parallel_figures_of_the_route_log(
+    all_layers_run, counts_run, tmp_path
+):
+    """The same traffic logged per token and counted per window: the same report figures
+    where both can answer (EPLB placements too: they are fitted on the same totals)."""
+    routes_records, routes_log, _ = all_layers_run
+    records, counts_log = counts_run
+    assert [r["token_ids"] for r in records] == [r["token_ids"] for r in routes_records]
+    by_routes = pipeline.write_report([str(routes_log)], tmp_path / "routes", Options())
+    by_counts = pipeline.write_report([str(counts_log)], tmp_path / "counts", Options())
+    tokens = sum(len(expected_positions(r)) for r in records)
+    for layer in ("0", "1", "2"):
+        got, want = by_counts["load"][layer], by_routes["load"][layer]
+        assert got["counts"] == want["counts"] and got["tokens"] == want["tokens"] == tokens
+        assert got["mean_weight"] == pytest.approx(want["mean_weight"], abs=1e-5)
+        assert (got["max_over_mean"], got["jain"]) == (want["max_over_mean"], want["jain"])
+    assert by_routes["ep"].keys() == by_counts["ep"].keys() == {"2", "4", "8"}
+    for size, placements in by_routes["ep"].items():
+        assert placements.keys() == by_counts["ep"][size].keys()
+        for name, want in placements.items():
+            got = by_counts["ep"][size][name]
+            assert got["balancedness_of_totals"] == want["balancedness_of_totals"]
+            assert got["redundant"] == want["redundant"]
+            assert {k: v["balancedness_of_totals"] for k, v in got["per_layer"].items()} == {
+                k: v["balancedness_of_totals"] for k, v in want["per_layer"].items()
+            }
+            # each says what it can: per pass from the lines, per window from the windows
+            assert want["balancedness"] is not None and want["balancedness_per_window"] is None
+            assert got["balancedness"] is None and got["balancedness_per_window"] is not None
+    sglang = [
+        (tmp_path / d / "sglang_logical_count.json").read_text() for d in ("routes", "counts")
+    ]
+    assert sglang[0] == sglang[1]
+    windows = by_counts["time_series"]["windows"]
+    assert len(windows["t_end"]) == by_counts["ep_info"]["windows"] >= 1
+    assert sum(windows["tokens"]) == tokens
+    assert sum(windows["prefill_tokens"]) == sum(len(r["prompt_token_ids"]) for r in records)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The report renders in a real browser (headless Chromium): no script error, no network,
-every figure decodes, the page is not blank, and the text view's layer menu recolours."""
+every figure decodes, the page is not blank, and the text view's layer menu recolours; the
+report of a counts log written by the real writer shows its load over time."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,11 @@ from PIL import Image
 
 from moe_profiler.analysis import pipeline, text_view
 from moe_profiler.analysis.description import Options
+from moe_profiler.reading import routes
 from moe_profiler.running.local_models import build_tokenizer
 from moe_profiler.verification import report_browser
+from moe_route_log import log_format, wire
+from moe_route_log.writer import WriterProcess
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +72,52 @@ def test_a_script_error_would_be_caught(report, tmp_path):
     remote.write_text('<img alt="x" src="http://example.invalid/x.png">')
     seen = report_browser.visit(remote)
     assert seen.requests == ["http://example.invalid/x.png"] and seen.broken_images == ["x"]
+
+
+@pytest.fixture(scope="module")
+def counts_report(tmp_path_factory):
+    """A counts log written by the real writer process: 12 windows of 10 s, expert 1 hot in
+    the first six, expert 6 in the last six (the traffic changed)."""
+    tmp = tmp_path_factory.mktemp("browser-counts")
+    path = tmp / "counts.jsonl"
+    writer = WriterProcess(str(path), buffer_bytes=1 << 20)
+    header = {"layers": [0, 1, 2], "num_experts": 8, "top_k": 2, "num_layers": 3}
+    writer.send(wire.json_frame(wire.HEADER, {**header, "run_id": "c", "mode": "counts"}))
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        hot = np.full(8, 1.0)
+        hot[1 if i < 6 else 6] = 6.0
+        counts = np.stack([rng.multinomial(400, hot / hot.sum()) for _ in range(3)])
+        line = log_format.counts_line(
+            t_start=1_795_924_700.0 + 10 * i,
+            t_end=1_795_924_709.9 + 10 * i,
+            steps=40,
+            tokens=200,
+            prefill_tokens=120 if i < 6 else 40,
+            layers=[0, 1, 2],
+            counts=counts,
+            weight_sums=counts * 0.3,
+        )
+        writer.send(wire.json_frame(wire.LINE, line))
+    writer.send(wire.json_frame(wire.CLOSE, {"steps": 480}))
+    writer.close()
+    routes.wait_until_complete(path, timeout=60)
+    analysis = pipeline.write_report([str(path)], tmp / "out", Options(eplb=False))
+    return tmp / "out" / "report.html", analysis
+
+
+def figure_names(page):
+    return page.eval_on_selector_all("img", "images => images.map(i => i.alt)")
+
+
+def test_a_counts_log_report_shows_its_load_over_time(counts_report, tmp_path):
+    page, analysis = counts_report
+    shot = tmp_path / "counts.png"
+    seen = report_browser.visit(page, shot, actions=[figure_names])
+    assert seen.errors == [] and seen.requests == [] and seen.broken_images == []
+    assert seen.results == [["load", "time_series", "ep"]]
+    series = analysis["time_series"]["layers"]["0"]
+    assert [h[0] for h in series["hottest"]] == [1] * 6 + [6] * 6
+    assert len(series["balancedness"]) == 12 and all(0 < b < 0.6 for b in series["balancedness"])
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[1] == 1200 and (image < 245).any(axis=2).mean() > 0.05

@@ -77,25 +77,29 @@ def figure(coactivation: CoActivation, layer: int, title: str):
     """Heatmap of log2(lift) of every expert pair at ``layer``."""
     import matplotlib.pyplot as plt
 
-    lift = coactivation.lift(layer)
+    fig, axis = plt.subplots(figsize=(7, 6))
+    lift_heatmap(fig, axis, coactivation.lift(layer), "expert id", "expert id")
+    axis.set_title(f"{title}: layer {layer}")
+    fig.tight_layout()
+    return fig
+
+
+def lift_heatmap(fig, axis, lift: np.ndarray, xlabel: str, ylabel: str) -> None:
+    """log2 of a [experts, experts] lift matrix (red: more often than chance, blue: less)."""
     with np.errstate(divide="ignore"):
         log_lift = np.log2(lift)
     log_lift[lift == 0] = -3
-    size = coactivation.num_experts
-    fig, axis = plt.subplots(figsize=(7, 6))
+    size = lift.shape[0]
     image = axis.imshow(
         np.clip(log_lift, -3, 3), cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest"
     )
-    axis.set_xlabel("expert id")
-    axis.set_ylabel("expert id")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     ticks = np.unique(np.linspace(0, size - 1, min(size, 16)).round().astype(int))
     axis.set_xticks(ticks)
     axis.set_yticks(ticks)
-    axis.set_title(f"{title}: layer {layer}")
     bar = fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     bar.set_label("log2 lift (0 = chance, +1 = twice as often, -3 = never or rarer)")
-    fig.tight_layout()
-    return fig
 
 
 def section(done: Finished, figure_uri: str | None) -> str:

@@ -6,8 +6,6 @@ import os
 
 import numpy as np
 
-from moe_profiler.reading import routes
-
 
 class LayerRows:
     """The logged layers in order, and a vectorised layer id -> row lookup."""
@@ -34,17 +32,16 @@ def shares(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
 
 
-def run_identity(logs: list[routes.LogFile]) -> dict:
+def run_identity(header: dict, files: list) -> dict:
     """What every output says of the logs it read: model, run, schema, shape, files."""
-    header = logs[0].header
     return {
         "model_id": header.get("model_id"),
         "model_name": model_label(header),
         "run_id": header.get("run_id"),
-        "schema": header["schema"],
-        "num_experts": header["num_experts"],
-        "top_k": header["top_k"],
-        "files": [str(log.path) for log in logs],
+        "schema": header.get("schema"),
+        "num_experts": header.get("num_experts"),
+        "top_k": header.get("top_k"),
+        "files": [str(f) for f in files],
     }
 
 

@@ -5,7 +5,8 @@ top-k choices that went to each expert. ``jsd_bits`` is the Jensen-Shannon diver
 between the two distributions in bits (0 = identical, 1 = no expert in common);
 ``moved`` lists the experts whose share changed most (run B minus run A, in points
 of share). Run B (``--compare``) may be a routes or a counts log of the same model;
-it is read after run A.
+any input the report reads (a routes or counts log, dumps, vLLM's ``routed_experts``) of
+the same model; it is read after run A.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import html
 
 import numpy as np
 
-from moe_profiler.analysis.common import model_label, shares
-from moe_profiler.analysis.description import Analysis, Finished, Need, OptionError, Run
+from moe_profiler.analysis.common import shares
+from moe_profiler.analysis.description import Analysis, Finished, Need, OptionError, Options, Run
 from moe_profiler.analysis.html_parts import figure as figure_html
 from moe_profiler.analysis.html_parts import note, number, table
-from moe_profiler.analysis.load import ExpertLoad, count_expert_usage
-from moe_profiler.reading import routes
-from moe_profiler.reading.columns import RouteBlock
+from moe_profiler.analysis.inputs import Input, feed, open_inputs, read_all
+from moe_profiler.analysis.load import ExpertLoad
+from moe_profiler.reading.columns import CountsWindow, RouteBlock
 
 
 def jensen_shannon_bits(p: np.ndarray, q: np.ndarray) -> float:
@@ -102,34 +103,47 @@ def figure(result: dict, counts_a, layers_a, counts_b, layers_b, labels: tuple[s
 
 
 class TwoRuns:
-    """Run A's load, fed the read's blocks; run B's, read from its own logs by ``read_b``."""
+    """Run A's load, fed the read's blocks and windows; run B's, read from its own inputs by
+    ``read_b``."""
 
-    def __init__(self, run: Run, logs_b: list[routes.LogFile]) -> None:
+    def __init__(self, run: Run, inputs_b: list[Input]) -> None:
         self.a = ExpertLoad(run.layers, run.num_experts, run.top_k)
-        self.logs_b = logs_b
+        self.inputs_b = inputs_b
         self.b: ExpertLoad | None = None
 
     def add(self, block: RouteBlock) -> None:
         self.a.add(block)
 
+    def add_window(self, window: CountsWindow) -> None:
+        self.a.add_window(window)
+
     def read_b(self, run: Run) -> ExpertLoad:
-        options = run.options
-        self.b = count_expert_usage(self.logs_b, strict=options.strict, warn=options.warn)
+        self.b = read_load(self.inputs_b, run.options)
         return self.b
 
 
+def read_load(inputs: list[Input], options: Options) -> ExpertLoad:
+    """The load of every route line and window of ``inputs``, all phases."""
+    first = inputs[0]
+    layers = sorted({layer for one in inputs for layer in one.layers})
+    load = ExpertLoad(layers, first.num_experts, first.top_k)
+    for _, item in read_all(inputs, options.strict, options.warn):
+        feed(load, item)
+    return load
+
+
 def _start(run: Run) -> TwoRuns | None:
-    """Run B's logs, checked against run A (None: no ``--compare``)."""
+    """Run B's inputs, checked against run A (None: no ``--compare``)."""
     if not run.options.compare:
         return None
-    logs_b = routes.open_logs(routes.find_logs(run.options.compare))
-    experts_b = logs_b[0].header["num_experts"]
+    inputs_b = open_inputs(run.options.compare, run.options.num_experts, run.num_experts)
+    experts_b = inputs_b[0].num_experts
     if experts_b != run.num_experts:
         raise OptionError(
-            f"--compare {logs_b[0].path}: {experts_b} experts, "
+            f"--compare {inputs_b[0].files[0]}: {experts_b} experts, "
             f"the logs analysed have {run.num_experts}"
         )
-    return TwoRuns(run, logs_b)
+    return TwoRuns(run, inputs_b)
 
 
 def _results(runs: TwoRuns, run: Run) -> dict:
@@ -137,8 +151,8 @@ def _results(runs: TwoRuns, run: Run) -> dict:
     return {
         "compare": {
             "b": {
-                "files": [str(log.path) for log in runs.logs_b],
-                "model": model_label(runs.logs_b[0].header),
+                "files": [str(f) for one in runs.inputs_b for f in one.files],
+                "model": next((one.model for one in runs.inputs_b if one.model), None),
             },
             "layers": compare_runs(
                 runs.a.totals(), runs.a.rows.layers, b.totals(), b.rows.layers, run.options.top

@@ -12,6 +12,8 @@ import html
 import io
 
 from moe_profiler.analysis.description import Analysis
+from moe_profiler.analysis.inputs import read_in_words
+from moe_profiler.analysis.load import PHASE_LOOK, phases_seen
 
 _STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
@@ -65,24 +67,28 @@ def render(results: dict, sections: list[tuple[Analysis, str]]) -> str:
     )
 
 
+def notes_html(sentences) -> str:
+    """The sentences that say what a section leaves out, above it."""
+    return "".join(f'<p class="note left-out">{html.escape(s)}</p>' for s in sentences)
+
+
 def _overview(results: dict) -> str:
     meta = results["meta"]
     first = str(meta["layers"][0])
     phases = results.get("prefill_decode", {}).get(first, {})
     rows = [
-        ("model", html.escape(str(meta["model_id"]))),
-        ("run", html.escape(str(meta["run_id"]))),
-        ("log files", "<br>".join(html.escape(f) for f in meta["files"])),
-        (
-            "route lines",
-            f"{meta['route_lines']:,}"
-            + ("" if meta["complete"] else " (log incomplete: no trailer)"),
-        ),
-        ("layers logged", _layer_list(meta["layers"])),
+        ("model", html.escape(str(meta["model_id"] or meta["model_name"]))),
+        ("run", html.escape(str(meta["run_id"] or "-"))),
+        ("inputs", "<br>".join(_input_line(one) for one in meta["inputs"])),
+        ("layers", _layer_list(meta["layers"])),
         ("experts, top-k", f"{meta['num_experts']}, {meta['top_k']}"),
         (
             f"tokens (layer {first})",
-            ", ".join(f"{phase} {v['tokens']:,}" for phase, v in phases.items()),
+            ", ".join(
+                f"{PHASE_LOOK[phase][0]} {phases[phase]['tokens']:,}"
+                for phase in phases_seen({first: phases})
+            )
+            or "-",
         ),
         ("tokenizer", html.escape(meta["tokenizer"] or "none (token ids shown as [id])")),
     ]
@@ -90,12 +96,22 @@ def _overview(results: dict) -> str:
         f'<tr><th class="left">{key}</th><td class="left">{value}</td></tr>' for key, value in rows
     )
     return (
-        "<p>Which experts a Mixture-of-Experts model chose for every token, read from vLLM "
-        "route logs (<code>VLLM_LOG_MOE</code>). Each line of a log is one token at one layer: "
-        "its top-k experts and their router weights. <em>Top-1</em> below is the expert "
-        "with the largest weight; a <em>pass</em> is one forward step of the engine.</p>"
+        "<p>Which experts a Mixture-of-Experts model chose for its tokens, read from vLLM "
+        "route logs (<code>VLLM_LOG_MOE</code>: each line one token at one layer, its top-k "
+        "experts and their router weights), counts logs and dumps (how often each expert was "
+        "chosen, per time window) or vLLM's own <code>routed_experts</code> (each token's "
+        "experts, no weights). A section an input cannot answer says so. <em>Top-1</em> "
+        "below is the expert with the largest weight; a <em>pass</em> is one forward step of "
+        "the engine.</p>"
         f"<table>{table}</table>"
     )
+
+
+def _input_line(one: dict) -> str:
+    """One input: its files, kind and what was read from it."""
+    read = read_in_words(one) + ([] if one["complete"] else ["incomplete: no trailer"])
+    files = ", ".join(one["files"])
+    return html.escape(f"{files} ({one['kind']}: {', '.join(read) or 'nothing read'})")
 
 
 def _layer_list(layers: list[int]) -> str:

@@ -2,8 +2,9 @@
 
 Times in a token's top-k, mean router weight and balance metrics per layer, kept
 apart for prompt tokens (prefill) and generated tokens (decode); lines whose phase is
-unknown (logs before schema 3) and the windows of counts logs (counted on the
-device, not split by phase) go to ``unknown``. All phases together this is also what
+unknown (logs before schema 3), the windows of counts logs and dumps (counted on the
+device, not split by phase) go to ``unknown``. vLLM's own ``routed_experts`` carry no
+weights: there the mean weights are left out. All phases together this is also what
 ``plot_experts.py`` reports (``usage_summary``).
 """
 
@@ -27,13 +28,13 @@ _UNKNOWN = PHASES.index("unknown")
 class ExpertLoad:
     """Per phase, layer and expert: times chosen and router weight sum.
 
-    Feed it route blocks (``add``) or the windows of a counts log (``add_counts``);
-    memory is constant.
+    Feed it route blocks (``add``) or the windows of a counts log (``add_window``);
+    memory is constant. ``weights`` False: the inputs carry no router weights.
     """
 
-    def __init__(self, layers: list[int], num_experts: int, top_k: int) -> None:
+    def __init__(self, layers: list[int], num_experts: int, top_k: int, weights=True) -> None:
         self.rows = LayerRows(layers)
-        self.num_experts, self.top_k = num_experts, top_k
+        self.num_experts, self.top_k, self.weights = num_experts, top_k, weights
         shape = (len(PHASES), len(self.rows), num_experts)
         self.counts = np.zeros(shape, dtype=np.int64)
         self.weight_sums = np.zeros(shape, dtype=np.float64)
@@ -47,11 +48,12 @@ class ExpertLoad:
         flat = (cell[:, None] * self.num_experts + block.experts).ravel()
         size = self.counts.size
         self.counts += np.bincount(flat, minlength=size).reshape(self.counts.shape)
-        self.weight_sums += np.bincount(
-            flat, weights=block.weights.ravel().astype(np.float64), minlength=size
-        ).reshape(self.counts.shape)
+        if self.weights:
+            self.weight_sums += np.bincount(
+                flat, weights=block.weights.ravel().astype(np.float64), minlength=size
+            ).reshape(self.counts.shape)
 
-    def add_counts(self, window: CountsWindow) -> None:
+    def add_window(self, window: CountsWindow) -> None:
         """Add one window of a counts log (phase unknown: the device counts all tokens)."""
         rows = self.rows.rows(window.layers)
         self.counts[_UNKNOWN, rows] += window.counts
@@ -84,17 +86,12 @@ class ExpertLoad:
             }
         return {"load": load, "prefill_decode": by_phase}
 
-    @staticmethod
-    def _summary(tokens: int, counts: np.ndarray, weight_sums: np.ndarray) -> dict:
-        mean_weight = np.divide(
-            weight_sums, counts, out=np.zeros_like(weight_sums), where=counts > 0
-        )
-        return {
-            "tokens": int(tokens),
-            "counts": counts.tolist(),
-            "mean_weight": [round(float(w), 6) for w in mean_weight],
-            **layer_metrics(counts),
-        }
+    def _summary(self, tokens: int, counts: np.ndarray, weight_sums: np.ndarray) -> dict:
+        summary = {"tokens": int(tokens), "counts": counts.tolist()}
+        if self.weights:
+            mean = np.divide(weight_sums, counts, out=np.zeros_like(weight_sums), where=counts > 0)
+            summary["mean_weight"] = [round(float(w), 6) for w in mean]
+        return {**summary, **layer_metrics(counts)}
 
 
 def count_expert_usage(
@@ -106,7 +103,7 @@ def count_expert_usage(
     load = ExpertLoad(layers, header["num_experts"], header["top_k"])
     if logs[0].mode == routes.COUNTS_MODE:
         for window in routes.iter_counts(logs, strict=strict, warn=warn):
-            load.add_counts(window)
+            load.add_window(window)
     else:
         for block in routes.iter_blocks(logs, strict=strict, warn=warn):
             load.add(block)
@@ -141,8 +138,15 @@ def layer_metrics(counts: np.ndarray) -> dict:
     }
 
 
+PHASE_LOOK = {  # phase -> (label, colour, the colour in words)
+    "prefill": ("prefill", "#3b6ea8", "blue"),
+    "decode": ("decode", "#e07b39", "orange"),
+    "unknown": ("phase not recorded", "#888888", "grey"),
+}
+
+
 def figure(load: ExpertLoad, layer: int, title: str):
-    """Usage per expert at ``layer``, prefill next to decode (shares), and a layer heatmap."""
+    """Usage per expert at ``layer``, one bar per phase seen (shares), and a layer heatmap."""
     import matplotlib.pyplot as plt
 
     row = load.rows.layers.index(layer)
@@ -156,16 +160,16 @@ def figure(load: ExpertLoad, layer: int, title: str):
         gridspec_kw={"height_ratios": [1, 1.2]} if several else None,
     )
     bars = axes[0][0]
-    for p, (phase, color, shift) in enumerate(
-        (("prefill", "#3b6ea8", -0.2), ("decode", "#e07b39", 0.2))
-    ):
-        tokens = int(load.tokens[p, row])
+    seen = [p for p in range(len(PHASES)) if load.tokens[p, row]] or [0, 1]
+    width = 0.8 / len(seen)
+    for n, p in enumerate(seen):
+        label, color, _ = PHASE_LOOK[PHASES[p]]
         bars.bar(
-            experts + shift,
+            experts + (n - (len(seen) - 1) / 2) * width,
             shares(load.counts[p, row]) * 100,
-            width=0.4,
+            width=width,
             color=color,
-            label=f"{phase} ({tokens:,} tokens)",
+            label=f"{label} ({int(load.tokens[p, row]):,} tokens)",
         )
     bars.axhline(100 / load.num_experts, color="#555", linestyle="--", linewidth=1, label="uniform")
     bars.set_xlim(-0.7, load.num_experts - 0.3)
@@ -198,41 +202,42 @@ def usage_heatmap(fig, axis, counts: np.ndarray, layers: list[int], title: str) 
 
 
 def section(done: Finished, figure_uri: str | None) -> str:
-    """The figure, a table of both phases per layer (tokens, max/mean, hottest experts)."""
+    """The figure, a table of each phase seen per layer (tokens, max/mean, hottest experts)."""
+    by_layer = done.results["prefill_decode"]
+    seen = phases_seen(by_layer) or ["prefill", "decode"]
     rows = []
-    for key, phases in done.results["prefill_decode"].items():
+    for key, phases in by_layer.items():
         row = [key]
-        for phase in ("prefill", "decode"):
+        for phase in seen:
             v = phases.get(phase, {})
             hot = ", ".join(str(h["expert"]) for h in v.get("hottest", []))
             row += [f"{v.get('tokens', 0):,}", number(v.get("max_over_mean"), 2), hot or "-"]
         rows.append(row)
+    names = [PHASE_LOOK[p][0] for p in seen]
+    colours = ", ".join(f"{PHASE_LOOK[p][0]} ({PHASE_LOOK[p][2]})" for p in seen)
+    head = ["layer"] + [f"{n} {what}" for n in names for what in ("tokens", "max/mean", "hottest")]
     return (
         figure_html(
             figure_uri,
             "load",
-            f"Top: each expert's share of the choices at layer {done.run.layer}, prefill (blue) "
-            "next to decode (orange), dashed line = every expert equally used; below: every "
-            "logged layer's usage relative to that even share.",
+            f"Top: each expert's share of the choices at layer {done.run.layer}: {colours}; "
+            "dashed line = every expert equally used; below: every logged layer's usage "
+            "relative to that even share.",
         )
-        + table(
-            [
-                "layer",
-                "prefill tokens",
-                "prefill max/mean",
-                "prefill hottest",
-                "decode tokens",
-                "decode max/mean",
-                "decode hottest",
-            ],
-            rows,
-        )
+        + table(head, rows)
         + note(
             "max/mean: the hottest expert's load over the mean load (1 = even). Counts, mean "
             "router weights, entropy and Jain's index per phase: <code>analysis.json</code> → "
-            "<code>prefill_decode</code>, <code>load</code>."
+            "<code>prefill_decode</code>, <code>load</code>. Counts logs and dumps count all "
+            "tokens together (phase not recorded); their prompt tokens per window are in the "
+            "time series."
         )
     )
+
+
+def phases_seen(by_layer: dict) -> list[str]:
+    """The phases with tokens at any layer of ``prefill_decode``, in ``PHASES`` order."""
+    return [p for p in PHASES if any(v.get(p, {}).get("tokens") for v in by_layer.values())]
 
 
 ANALYSIS = Analysis(
@@ -242,8 +247,11 @@ ANALYSIS = Analysis(
     "differently from generated tokens (decode)?",
     keys=("load", "prefill_decode"),
     needs=frozenset({Need.EXPERT_COUNTS}),
-    start=lambda run: ExpertLoad(run.layers, run.num_experts, run.top_k),
+    start=lambda run: ExpertLoad(
+        run.layers, run.num_experts, run.top_k, weights=Need.WEIGHT_SUMS in run.provides
+    ),
     results=lambda load, run: load.result(),
     figure=lambda done: figure(done.accumulator, done.run.layer, done.run.title),
     section=section,
+    optional={Need.WEIGHT_SUMS: "each expert's mean router weight"},
 )

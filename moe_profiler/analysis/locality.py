@@ -13,6 +13,9 @@ Per layer, over every pair of decode tokens of one request at positions p and p+
   is ``o / (2k - o)`` with o = ``overlap_independent`` (the ratio of expectations, an
   approximation of the expected ratio).
 
+The top-1 needs router weights: without them (vLLM's own ``routed_experts``) only
+the overlap and Jaccard are measured.
+
 State: the last decode token of each (file, request, layer), dropped once its request
 has not been seen for ``stale_passes`` passes of its file (finished requests).
 """
@@ -34,10 +37,16 @@ class TemporalLocality:
     """Repeat rate and overlap of consecutive decode tokens, per layer. Feed with ``add``."""
 
     def __init__(
-        self, layers: list[int], num_experts: int, top_k: int, stale_passes: int = 64
+        self,
+        layers: list[int],
+        num_experts: int,
+        top_k: int,
+        stale_passes: int = 64,
+        top1: bool = True,
     ) -> None:
         self.rows = LayerRows(layers)
         self.num_experts, self.top_k, self.stale_passes = num_experts, top_k, stale_passes
+        self.top1 = top1
         n = len(self.rows)
         self.pairs = np.zeros(n, dtype=np.int64)
         self.same_top1 = np.zeros(n, dtype=np.int64)
@@ -122,11 +131,14 @@ class TemporalLocality:
         for row, layer in enumerate(self.rows.layers):
             pairs = int(self.pairs[row])
             overlap_independent = float((member_share[row] ** 2).sum())
+            same_top1 = {
+                "same_top1": _mean(self.same_top1[row], pairs),
+                "same_top1_independent": round(float((top1_share[row] ** 2).sum()), 6),
+            }
             out[str(layer)] = {
                 "pairs": pairs,
                 "decode_tokens": int(self.decode_tokens[row]),
-                "same_top1": _mean(self.same_top1[row], pairs),
-                "same_top1_independent": round(float((top1_share[row] ** 2).sum()), 6),
+                **(same_top1 if self.top1 else {}),
                 "jaccard": _mean(self.jaccard_sum[row], pairs),
                 "jaccard_independent": round(
                     overlap_independent / (2 * self.top_k - overlap_independent), 6
@@ -142,16 +154,17 @@ def _mean(total: float, pairs: int) -> float | None:
 
 
 def figure(result: dict, top_k: int, title: str):
-    """Per layer: repeat rate of the top-1 and Jaccard overlap, measured vs independent."""
+    """Per layer: repeat rate of the top-1 (with weights) and Jaccard overlap, measured vs
+    independent."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     layers = [int(layer) for layer in result if result[layer]["pairs"]]
-    fig, (top1, jaccard) = plt.subplots(1, 2, figsize=(12, 4))
-    for axis, key, label in (
-        (top1, "same_top1", "share of consecutive decode tokens with the same top-1"),
-        (jaccard, "jaccard", f"mean Jaccard overlap of consecutive top-{top_k} sets"),
-    ):
+    panels = [(f"mean Jaccard overlap of consecutive top-{top_k} sets", "jaccard")]
+    if "same_top1" in result[str(layers[0])]:
+        panels.insert(0, ("share of consecutive decode tokens with the same top-1", "same_top1"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for axis, (label, key) in zip(axes[0], panels, strict=True):
         axis.plot(
             layers, [result[str(x)][key] for x in layers], "o-", color="#3b6ea8", label="measured"
         )
@@ -175,28 +188,25 @@ def figure(result: dict, top_k: int, title: str):
 
 def section(done: Finished, figure_uri: str | None) -> str:
     """The figure and, per layer, the repeat rate and Jaccard overlap against independence."""
+    keys = ["jaccard", "jaccard_independent"]
+    head = ["layer", "token pairs", "Jaccard", "independent"]
+    if done.accumulator.top1:
+        keys = ["same_top1", "same_top1_independent", *keys]
+        head = ["layer", "token pairs", "same top-1", "independent", *head[2:]]
     rows = [
-        [
-            layer,
-            f"{v['pairs']:,}",
-            number(v["same_top1"]),
-            number(v["same_top1_independent"]),
-            number(v["jaccard"]),
-            number(v["jaccard_independent"]),
-        ]
+        [layer, f"{v['pairs']:,}", *(number(v[key]) for key in keys)]
         for layer, v in done.results["locality"].items()
     ]
     return (
         figure_html(
             figure_uri,
             "locality",
-            "Per layer, for consecutive decode tokens of one request: left, how often the top-1 "
-            "expert repeats; right, how much the two top-k sets overlap (Jaccard); blue "
-            "measured, red what independent tokens at the same loads would give.",
+            "Per layer, for consecutive decode tokens of one request: how often the top-1 "
+            "expert repeats (where router weights are known) and how much the two top-k sets "
+            "overlap (Jaccard); blue measured, red what independent tokens at the same loads "
+            "would give.",
         )
-        + table(
-            ["layer", "token pairs", "same top-1", "independent", "Jaccard", "independent"], rows
-        )
+        + table(head, rows)
         + note(
             "Jaccard = shared experts / experts in either set. Prompt tokens are not counted "
             "(they are processed together, not one after another)."
@@ -217,9 +227,12 @@ ANALYSIS = Analysis(
     question="Do consecutive generated tokens of one request stick to the same experts (what "
     "expert caching and offloading rely on)?",
     keys=("locality",),
-    needs=frozenset({Need.TOKEN_ROUTES, Need.WEIGHTS, Need.REQUESTS, Need.PHASES}),
-    start=lambda run: TemporalLocality(run.layers, run.num_experts, run.top_k),
+    needs=frozenset({Need.TOKEN_ROUTES, Need.REQUESTS, Need.PHASES}),
+    start=lambda run: TemporalLocality(
+        run.layers, run.num_experts, run.top_k, top1=Need.WEIGHTS in run.provides
+    ),
     results=lambda repeats, run: {"locality": repeats.result()},
     figure=_figure,
     section=section,
+    optional={Need.WEIGHTS: "how often the top-1 expert repeats"},
 )

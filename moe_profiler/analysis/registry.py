@@ -12,12 +12,14 @@ from moe_profiler.analysis import (
     load,
     locality,
     text_view,
+    time_series,
     token_experts,
 )
 from moe_profiler.analysis.description import Analysis
 
 ANALYSES: list[Analysis] = [
     load.ANALYSIS,
+    time_series.ANALYSIS,
     expert_parallel.ANALYSIS,
     coactivation.ANALYSIS,
     layer_paths.ANALYSIS,

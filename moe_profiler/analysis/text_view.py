@@ -210,7 +210,7 @@ def section(done: Finished, figure_uri: str | None) -> str:
             + f"<script>{SCRIPT}</script>"
         )
     if summary["request"] is None:
-        return note("No text view: these logs have no request ids (schema 1) or no route lines.")
+        return note("No text view: no request was read (no route lines).")
     seen = ", ".join(summary["seen"][:8]) if summary.get("seen") else "none"
     return note(
         f"No text view: request {html.escape(str(summary['request']))} is not in the logs "

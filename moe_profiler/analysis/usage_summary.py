@@ -29,7 +29,7 @@ def summarize_expert_usage(
     per_layer = load.result()["load"]
     summary = {
         "mode": logs[0].mode,
-        **run_identity(logs),
+        **run_identity(logs[0].header, [log.path for log in logs]),
         "ranks": sorted({_rank_label(log.ranks) for log in logs}),
         "route_lines": sum(log.routes for log in logs),
         "count_windows": sum(log.windows for log in logs),

@@ -72,7 +72,7 @@ class CountsWindow:
     source: int  # index of the file in the read
     t_start: float  # window start, seconds since the epoch
     t_end: float  # window end
-    steps: int  # forward passes in the window
+    steps: int  # forward passes in the window (-1: not recorded, a dump)
     tokens: int  # tokens routed in the window (each once per logged layer)
     prefill_tokens: int  # ... of which prompt tokens
     layers: np.ndarray  # int32 [L]: the layers of the rows below

@@ -112,11 +112,18 @@ class LogFile:
             self.trailer = read.trailer
         self.controls += read.controls
         for line_no, why in sorted(read.problems):
-            message = f"{self.path}:{line_no}: {why}"
-            if strict:
-                raise RouteLogError(message)
-            self.problems.append(message)
-            (warn or _warn)(message + " (skipped)")
+            report_problem(self.problems, f"{self.path}:{line_no}: {why}", strict, warn)
+
+
+def report_problem(
+    problems: list[str], message: str, strict: bool, warn: Callable[[str], None] | None
+) -> None:
+    """A bad line (``message`` names file and line): fatal with ``strict``, else kept in
+    ``problems`` and warned about (skipped)."""
+    if strict:
+        raise RouteLogError(message)
+    problems.append(message)
+    (warn or _warn)(message + " (skipped)")
 
 
 def read_header(path: Path) -> dict:
@@ -151,16 +158,17 @@ def iter_blocks(
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
     block_bytes: int = BLOCK_BYTES,
+    first_source: int = 0,
 ) -> Iterator[RouteBlock]:
     """The good route lines of ``logs`` (a routes log each), file by file, as column blocks.
 
-    ``source`` is the file's index in ``logs``; request ids are interned in one table
-    for all files. A block never splits a (step, token): all its logged layers are in
+    ``source`` is ``first_source`` + the file's index in ``logs``; request ids are interned
+    in one table for all files. A block never splits a (step, token): all its logged layers are in
     one block. Each file's ``trailer``, ``problems``, ``routes`` and ``controls`` are
     filled in as it is read.
     """
     requests = RequestIds()
-    for source, log in enumerate(logs):
+    for source, log in enumerate(logs, start=first_source):
         _expect_mode(log, ROUTES_MODE)
         log._start_reading()
         lines = RouteLines(log.header, source, requests)
@@ -181,10 +189,14 @@ def iter_blocks(
 
 
 def iter_counts(
-    logs: list[LogFile], strict: bool = False, warn: Callable[[str], None] | None = None
+    logs: list[LogFile],
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
+    first_source: int = 0,
 ) -> Iterator[CountsWindow]:
-    """The windows of counts logs, file by file (``source``: the file's index in ``logs``)."""
-    for source, log in enumerate(logs):
+    """The windows of counts logs, file by file (``source``: ``first_source`` + the file's
+    index in ``logs``)."""
+    for source, log in enumerate(logs, start=first_source):
         _expect_mode(log, COUNTS_MODE)
         log._start_reading()
         lines = CountsLines(log.header, source)
