@@ -66,6 +66,9 @@ class FamilyRun:
     quantization: str | None = None  # LLM(quantization=...): online FP8 ("fp8")
     attention_backend: str | None = None
     note: str = ""
+    # vLLM's capture can read this family's kernel (0.34.0 refuses monolithic kernels at
+    # engine start: routed_experts_capturer.py:234; 0.15.1 returned zeros for them)
+    capture: bool = True
 
 
 # Memory (H200, 141 GB): wave 1 ~75 GB of weights at rest (Llama 4's online FP8
@@ -107,7 +110,13 @@ PLAN: dict[str, FamilyRun] = {
         attention_backend="TRITON_MLA",
         note="1 dense + 7 MoE layers",
     ),
-    "gpt_oss": FamilyRun("gpt-oss-20b.json", None, 2, note="MXFP4 experts, as the checkpoint"),
+    "gpt_oss": FamilyRun(
+        "gpt-oss-20b.json",
+        None,
+        2,
+        note="MXFP4 experts, as the checkpoint (monolithic kernel: checked by the rule only)",
+        capture=False,
+    ),
 }
 
 
@@ -370,7 +379,8 @@ def run_engine(args) -> dict:
         if args.mode == "counts_graph":
             os.environ.update(VLLM_LOG_MOE_MODE="counts", VLLM_LOG_MOE_COUNTS_IN_GRAPH="1")
         patched = plugin.vllm_is_patched()
-        capture = args.capture and args.mode == "routes"
+        family_captures = args.capture and run.capture  # every engine of a family alike
+        capture = family_captures and args.mode == "routes"
         if capture and patched:
             capture_fix.enable()  # vLLM 0.15.1's capture returns zeros without it
         tap = LogitsTap()
@@ -390,7 +400,7 @@ def run_engine(args) -> dict:
             "max_num_seqs": 64,
             # vLLM's capture needs prefix caching from 0.2x on (config/vllm.py, 0.34.0:
             # 1108-1140); every engine of a family gets the same setting
-            "enable_prefix_caching": args.capture and not patched,
+            "enable_prefix_caching": family_captures and not patched,
             "enable_return_routed_experts": capture,
             "quantization": run.quantization,
         }
@@ -503,19 +513,20 @@ def run_all(args) -> None:
                 str(args.log_dir),
             ]
             log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
-            procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-        for family, (proc, log) in procs.items():
+            procs[name] = (family, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        for name, (family, proc, log) in procs.items():
             left = max(1.0, args.wave_timeout - (time.monotonic() - started))
             try:
                 proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                _write_error(out, family, f"timed out after {args.wave_timeout:.0f} s (wave limit)")
+                error = f"timed out after {args.wave_timeout:.0f} s (wave limit)"
+                _write_error(out, name, family, error)
             log.close()
-            if proc.returncode and not (out / f"{family}.json").exists():
-                _write_error(out, family, f"engine process exited with {proc.returncode}")
-            print(f"== {family}: exit status {proc.returncode}", flush=True)
+            if proc.returncode and not (out / f"{name}.json").exists():
+                _write_error(out, name, family, f"engine process exited with {proc.returncode}")
+            print(f"== {name}: exit status {proc.returncode}", flush=True)
     for family in families:
         compare_modes(out, family, modes)
     print(table(out), flush=True)
@@ -538,8 +549,9 @@ def compare_modes(out: Path, family: str, modes: list[str]) -> None:
     routes_file.write_text(json.dumps(routes_result, indent=1, default=str) + "\n")
 
 
-def _write_error(out: Path, family: str, error: str) -> None:
-    tail = (out / f"{family}.log").read_text(errors="replace")[-4000:]
+def _write_error(out: Path, name: str, family: str, error: str) -> None:
+    """``name``: the engine's result (``family`` or ``family-mode``)."""
+    tail = (out / f"{name}.log").read_text(errors="replace")[-4000:]
     result = {
         "family": family,
         "plan": asdict(PLAN[family]),
@@ -547,7 +559,7 @@ def _write_error(out: Path, family: str, error: str) -> None:
         "error": error,
         "log_tail": tail,
     }
-    (out / f"{family}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------- results
