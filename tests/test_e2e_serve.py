@@ -37,6 +37,7 @@ from serve_helpers import (
     match_requests,
     wait_for_route_lines,
 )
+from vllm_under_test import graceful_stop_args
 
 from moe_profiler.analysis import pipeline
 from moe_profiler.analysis.description import Options
@@ -312,6 +313,7 @@ def test_the_report_of_a_counts_log_of_vllm_serve_shows_its_load_over_time(
     ) > 500
 
 
+@pytest.mark.every_release
 def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
     log = tmp_path / "rot.jsonl"
     server = Server.start(
@@ -323,6 +325,7 @@ def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
             "VLLM_LOG_MOE_KEEP": "2",
             "VLLM_LOG_MOE_SAMPLE": "0.5",
         },
+        args=graceful_stop_args(),  # the last part's trailer is checked below
     )
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")

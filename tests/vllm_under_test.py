@@ -36,6 +36,18 @@ def patch_release() -> bool:
     return release() == PATCH_RELEASE
 
 
+def graceful_stop_args() -> tuple[str, ...]:
+    """``vllm serve`` options under which SIGINT lets the engine close its log.
+
+    From 0.32 on vLLM stops its engine core at once on SIGINT/SIGTERM
+    (``--shutdown-timeout`` defaults to 0: ``v1/utils.py`` ``shutdown`` kills what is
+    still alive after the timeout; 0.32.0 ``engine/arg_utils.py:1902``), so the log
+    keeps whole lines but no trailer; a timeout above 0 lets the engine shut down.
+    0.15.1 has no such option and always shuts its engine down.
+    """
+    return () if patch_release() else ("--shutdown-timeout", "30")
+
+
 def install_plugin(target: Path) -> Path:
     """``pip install`` this project into ``target`` (no dependencies: the environment has
     them), as a user installs the plugin; its entry point is found on PYTHONPATH.
