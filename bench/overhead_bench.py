@@ -231,6 +231,9 @@ def check_log(log: Path, expected_tokens: int, counts_path: str | None = None) -
     logged = window_tokens if header.get("mode") == "counts" else (trailer or {}).get("tokens")
     lines = (trailer or {}).get("lines")
     path = header.get("counts_path")
+    recomputed = {}
+    if header.get("mode") != "counts" and lines and lines > expected_tokens * layers:
+        recomputed = distinct_tokens(log, expected_tokens, layers)
     return {
         "mode": header.get("mode", "routes"),
         "counts_path": path,
@@ -245,7 +248,28 @@ def check_log(log: Path, expected_tokens: int, counts_path: str | None = None) -
         "engine_waits": (trailer or {}).get("engine_waits"),
         "engine_wait_s": (trailer or {}).get("engine_wait_s"),
         "writer_encoders": (trailer or {}).get("writer_encoders"),
+        **recomputed,
         **self_profile(trailer or {}),
+    }
+
+
+def distinct_tokens(log: Path, expected_tokens: int, layers: int) -> dict:
+    """A log with more route lines than tokens x layers: vLLM preempted requests and ran
+    their tokens again (each run is logged: docs/log-format.md, Preemption). Count the
+    distinct (request, position) of each layer: exact when each is the expected tokens."""
+    import numpy as np
+
+    from moe_profiler.reading import routes
+
+    seen: dict[int, set] = {}
+    for block in routes.iter_blocks(routes.open_logs([log])):
+        keys = block.request.astype(np.int64) << 32 | block.pos
+        for layer in np.unique(block.layer):
+            seen.setdefault(int(layer), set()).update(keys[block.layer == layer].tolist())
+    per_layer = sorted({len(s) for s in seen.values()})
+    return {
+        "distinct_tokens_per_layer": per_layer,
+        "distinct_exact": len(seen) == layers and per_layer == [expected_tokens],
     }
 
 
@@ -338,6 +362,9 @@ def check_text(part: dict) -> str:
         f"{verdict}: {c['logged_tokens']:,} tokens ({what}) of {c['expected_tokens']:,}; "
         f"engine waits {c['engine_waits']}"
     )
+    if "distinct_exact" in c:  # more lines than tokens: preempted tokens logged again
+        verdict = "exact" if c["distinct_exact"] else "MISMATCH"
+        text += f"; distinct (request, position) per layer {verdict} (recomputed tokens)"
     if c.get("end_step_us_per_pass") is not None:
         text += f"; end_step {c['end_step_us_per_pass']:.0f} us/pass"
     if c["mode"] == "counts" and c.get("counts_path"):

@@ -101,3 +101,32 @@ def test_counts_graph_configuration_measures_the_in_graph_path():
         {"check": {**check, "engine_waits": 0, "counts_path": "in_graph"}}
     )
     assert text.endswith("; counted in graph")
+
+
+def test_a_log_with_tokens_run_twice_is_exact_by_its_distinct_tokens(tmp_path):
+    """Preemption logs recomputed tokens again (a later step): the check counts each
+    (request, position) of each layer once, and still notices a missing token."""
+    import json
+
+    source = Path(__file__).parent / "data" / "native" / "routes.jsonl"
+    lines = source.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    layers = len(records[0]["layers"])
+    route_records = [r for r in records if r["type"] == "route"]
+    tokens = len(route_records) // layers
+    first_step, last_step = route_records[0]["step"], route_records[-1]["step"]
+    again = [
+        json.dumps({**r, "step": last_step + 1}, separators=(",", ":"))
+        for r in route_records
+        if r["step"] == first_step
+    ]
+    assert again
+    end = next(i for i, r in enumerate(records) if r["type"] == "end")
+    log = tmp_path / "preempted.jsonl"
+    log.write_text("\n".join(lines[:end] + again + lines[end:]) + "\n")
+
+    assert overhead_bench.distinct_tokens(log, tokens, layers) == {
+        "distinct_tokens_per_layer": [tokens],
+        "distinct_exact": True,
+    }
+    assert overhead_bench.distinct_tokens(log, tokens + 1, layers)["distinct_exact"] is False
