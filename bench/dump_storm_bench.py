@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead_bench import median_ci, turn_order
 from serve_helpers import REPO, Server
 
+from moe_profiler.running import prompts
+
 GSM8K = REPO.parent / "shared/data/gsm8k/test.jsonl"
 DUMP = "/dump_expert_distribution_record"
 # storm_health: as many calls of an endpoint that asks the engine nothing (HTTP and CPU alone)
@@ -67,11 +69,6 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, help="write the runs and the summary here (JSON)")
     return p.parse_args()
-
-
-def questions(n: int) -> list[str]:
-    with open(GSM8K, encoding="utf-8") as f:
-        return [json.loads(line)["question"] for line in f if line.strip()][:n]
 
 
 async def traffic(server: Server, prompts: list[str], args) -> int:
@@ -201,7 +198,7 @@ def main() -> None:
 
     from moe_profiler.local_models import build_tiny_moe
 
-    texts = questions(400 + args.requests)
+    texts = prompts.load_questions(400 + args.requests, GSM8K)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_moe(
             Path(tmp) / "tiny-moe",

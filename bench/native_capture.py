@@ -32,7 +32,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -40,7 +39,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(REPO / "bench"))
+from serve_bench import wait_healthy  # noqa: E402
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 
@@ -87,20 +87,6 @@ def start(args, port: int) -> subprocess.Popen:
     cmd += ["--chat-template", CHAT_TEMPLATE]  # the local tokenizer has none
     log = open(args.out / "server.txt", "w")  # noqa: SIM115 (the server's life)
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(2)
-    raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s")
 
 
 def send(port: int, model: str, questions: list[str], requests: int) -> list[dict]:
@@ -185,7 +171,7 @@ def main() -> None:
     args.model_dir = model_dir(args)
     proc = start(args, args.port)
     try:
-        wait_healthy(args.port, proc)
+        wait_healthy(args.port, proc, timeout=900)
         questions = prompts.load_questions(args.requests + 2, args.gsm8k)
         responses = send(args.port, str(args.model_dir), questions, args.requests)
     finally:
