@@ -25,6 +25,7 @@ from e2e_helpers import (
     expected_positions,
     hf_router_topk,
 )
+from serve_helpers import free_port
 from vllm_under_test import patch_release
 
 from moe_profiler.reading import routes
@@ -114,12 +115,6 @@ def test_pipeline_parallel_2_each_stage_logs_its_own_layers(
     assert_prompts_route_like_transformers(tiny_model, records, logs)
     # each stage answers for its own layers; the merge counts the tokens once
     assert_dump_is_the_logged_routes(tmp_path / "control.json", records, got, processes=2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_data_parallel_2_every_rank_logs_its_own_requests(tiny_model, questions, tmp_path, patched):
