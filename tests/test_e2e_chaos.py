@@ -53,6 +53,7 @@ SWITCHED = {
     False: (STOP, b"Stop recording the expert distribution.\n"),
 }
 JUNK_BODIES = (None, b"{", b'{"file": 0}', b"\x00\xff" * 8, b"[]")
+KILL_PROMPT_CHARS, KILL_ROUND_TOKENS = 64, 440  # under the server's --max-model-len 512
 CALL_TIMEOUT_S = 30  # a call that gets no answer in this time hangs
 METRICS_AGE_S = 3  # the metrics are the engines' answer of up to 1 s ago, and it takes time
 
@@ -232,10 +233,18 @@ async def check_metrics(chaos: Chaos, lines: list[dict]) -> None:
 
 async def kill_mid_round(chaos: Chaos, client, model: Path, prompts: list[str]) -> float:
     """SIGKILL the engine core while a round runs, control calls wait for it and the storm
-    goes on; the time of death."""
+    goes on; the time of death.
+
+    The log trails the engine by up to VLLM_LOG_MOE_INTERVAL_S, so the round must outlast
+    that many times over: short prompts, and answers to the end of the context (64 tokens
+    were once all made before the log showed five passes, on a 2-core CI machine).
+    """
     pid = routes.read_header(chaos.server.log)["pid"]
     logged = len(log_lines(chaos.server.log))
-    round_ = asyncio.ensure_future(traffic(client, model, prompts, chaos.rng, tokens=(64, 64)))
+    short = [p[:KILL_PROMPT_CHARS] for p in prompts]
+    round_ = asyncio.ensure_future(
+        traffic(client, model, short, chaos.rng, tokens=(KILL_ROUND_TOKENS, KILL_ROUND_TOKENS))
+    )
     while len(passes_in(log_lines(chaos.server.log)[logged:])) < 5 and not round_.done():
         await asyncio.sleep(0.05)
     os.kill(pid, signal.SIGSTOP)  # frozen: the calls made now are in flight at its death
