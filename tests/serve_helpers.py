@@ -95,26 +95,30 @@ class Server:
         return self.output.read_text()[-chars:]
 
     def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.url + path, timeout=60) as r:
-            return r.status, r.read()
+        """(status, body); an error status raises ``HTTPError``."""
+        return self._open("GET", path)
 
     def post(self, path: str) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url + path, data=b"", method="POST")
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status, r.read()
+        """(status, body) of an empty POST; an error status raises ``HTTPError``."""
+        return self._open("POST", path, body=b"")
 
     def request(
         self, method: str, path: str, headers: dict | None = None, body: bytes | None = None
     ) -> tuple[int, bytes]:
         """(status, body) of any request, whatever its status."""
+        try:
+            return self._open(method, path, headers, body)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def _open(
+        self, method: str, path: str, headers: dict | None = None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
         request = urllib.request.Request(
             self.url + path, data=body, headers=headers or {}, method=method
         )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, r.read()
 
     def json(self, path: str, method: str = "GET") -> dict:
         status, body = self.get(path) if method == "GET" else self.post(path)
