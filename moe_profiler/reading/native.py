@@ -99,10 +99,10 @@ def open_capture(path: Path) -> NativeCapture:
     for _, body, _ in _lines(path):
         if body is None:
             continue  # reported when the file is read
-        choices = [c for c in body.get("choices", []) if isinstance(c, dict)]
-        if not any(c.get("routed_experts") for c in choices):
+        captured = (c for c in body["choices"] if isinstance(c, dict) and c.get("routed_experts"))
+        choice = next(captured, None)
+        if choice is None:
             continue
-        choice = next(c for c in choices if c.get("routed_experts"))
         try:
             ids = _ids_array(choice["routed_experts"])
         except BadResponse as e:
@@ -211,9 +211,11 @@ def _requests(body: dict, capture: NativeCapture, num_experts: int) -> Iterator[
 
 def _check_ids(ids: np.ndarray, layers: list[int], num_experts: int) -> None:
     others = np.setdiff1d(np.arange(ids.shape[1]), layers)
-    if len(others) and ids[:, others].any():
-        layer = int(others[ids[:, others].any(axis=(0, 2))][0])
-        raise BadResponse(f"layer {layer} has expert ids, but not in the file's first response")
+    filled = others[ids[:, others].any(axis=(0, 2))]
+    if len(filled):
+        raise BadResponse(
+            f"layer {int(filled[0])} has expert ids, but not in the file's first response"
+        )
     routed = ids[:, layers].astype(np.int64)
     if routed.size and routed.max() >= num_experts:
         raise BadResponse(f"expert id {int(routed.max())}: the model has {num_experts} experts")
