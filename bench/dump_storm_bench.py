@@ -196,7 +196,7 @@ def main() -> None:
         sys.exit(f"--phases {args.phases!r}: quiet and any of {', '.join(STORMS)}")
     from e2e_helpers import NUM_EXPERTS, NUM_LAYERS, TOP_K
 
-    from moe_profiler.local_models import build_tiny_moe
+    from moe_profiler.running.local_models import build_tiny_moe
 
     texts = prompts.load_questions(400 + args.requests, GSM8K)
     with tempfile.TemporaryDirectory() as tmp:
