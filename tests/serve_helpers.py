@@ -19,6 +19,8 @@ import numpy as np
 from e2e_helpers import engine_pythonpath
 from vllm_under_test import serve_command
 
+from moe_profiler.reading import routes
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -94,6 +96,12 @@ class Server:
     def tail(self, chars: int = 4000) -> str:
         return self.output.read_text()[-chars:]
 
+    def shutdown_lines(self) -> str:
+        """What vLLM said about its shutdown (an assertion's message: the output's tail is
+        often only the interpreter's exit noise)."""
+        lines = self.output.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if "[shutdown]" in line or "terminat" in line)
+
     def get(self, path: str) -> tuple[int, bytes]:
         """(status, body); an error status raises ``HTTPError``."""
         return self._open("GET", path)
@@ -136,6 +144,24 @@ class Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=60)
+
+
+def wait_for_writer_exit(log: Path, timeout: float = 120) -> None:
+    """Block until the writer named in ``log``'s header has exited. A stopped server does
+    not wait for it (it runs in a session of its own and finishes the log alone), and a
+    rotating log has no one file whose lock covers the parts still to come."""
+    import psutil
+
+    pid = routes.read_header(log)["writer_pid"]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"the writer of {log} still runs after {timeout} s"
+        time.sleep(0.05)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -36,6 +36,7 @@ from serve_helpers import (
     log_lines,
     match_requests,
     wait_for_route_lines,
+    wait_for_writer_exit,
 )
 from vllm_under_test import graceful_stop_args
 
@@ -336,6 +337,7 @@ def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
         assert server.stop(signal.SIGINT) == 0, server.tail()
     finally:
         server.kill()
+    wait_for_writer_exit(max(tmp_path.glob("rot.p*.jsonl")))  # it may still write the last part
     parts = sorted(tmp_path.glob("rot.p*.jsonl"))
     numbers = [int(p.name.split(".")[1][1:]) for p in parts]
     assert len(parts) == 2 and numbers[1] == numbers[0] + 1 and numbers[0] >= 1, numbers
@@ -347,7 +349,7 @@ def test_rotation_and_sampling(tiny_model, questions, tmp_path, patched):
     for number, part in zip(numbers, parts, strict=True):
         lines = log_lines(part)
         assert lines[0]["type"] == "meta" and lines[0]["part"] == number
-        assert lines[-1]["type"] == "end"
+        assert lines[-1]["type"] == "end", server.shutdown_lines()
         route_lines = [r for r in lines if r["type"] == "route"]
         assert lines[-1]["lines"] == len(route_lines) > 0
         assert {r["req_id"].rsplit("-", 1)[0] for r in route_lines} <= sampled
