@@ -228,9 +228,10 @@ def test_metrics_scrape(routes_server):
 
 def test_ctrl_c_writes_the_trailer(routes_server):
     assert routes_server.stop(signal.SIGINT) == 0, routes_server.tail()
+    wait_for_writer_exit(routes_server.log)
     lines = log_lines(routes_server.log)
     trailer = lines[-1]
-    assert trailer["type"] == "end"
+    assert trailer["type"] == "end", routes_server.shutdown_lines()
     assert trailer["lines"] == sum(r["type"] == "route" for r in lines)
 
 
@@ -253,8 +254,9 @@ def test_counts_mode_equals_routes_mode_on_the_same_traffic(
         assert server.stop(signal.SIGTERM) == 0, server.tail()
     finally:
         server.kill()
+    wait_for_writer_exit(log)
     lines = log_lines(log)
-    assert lines[0]["mode"] == "counts" and lines[-1]["type"] == "end"
+    assert lines[0]["mode"] == "counts" and lines[-1]["type"] == "end", server.shutdown_lines()
     assert not [r for r in lines if r["type"] in ("route", "request")]
     windows = [r for r in lines if r["type"] == "counts"]
     summed = np.sum([w["counts"] for w in windows], axis=0)
@@ -289,6 +291,7 @@ def test_the_report_of_a_counts_log_of_vllm_serve_shows_its_load_over_time(
         assert server.stop(signal.SIGINT) == 0, server.tail()
     finally:
         server.kill()
+    wait_for_writer_exit(log)
     report = pipeline.write_report([str(log)], tmp_path / "report", Options())
     series = report["time_series"]
     assert len(series["windows"]["t_end"]) >= 2
