@@ -148,8 +148,9 @@ class Server:
 
 def wait_for_writer_exit(log: Path, timeout: float = 120) -> None:
     """Block until the writer named in ``log``'s header has exited. A stopped server does
-    not wait for it (it runs in a session of its own and finishes the log alone), and a
-    rotating log has no one file whose lock covers the parts still to come."""
+    not wait for it (it runs in a session of its own and finishes the log alone). One file
+    needs only ``routes.wait_until_complete`` (its lock); a rotating log has no one file
+    whose lock covers the parts still to come."""
     import psutil
 
     pid = routes.read_header(log)["writer_pid"]

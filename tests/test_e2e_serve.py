@@ -42,6 +42,7 @@ from vllm_under_test import graceful_stop_args
 
 from moe_profiler.analysis import pipeline
 from moe_profiler.analysis.description import Options
+from moe_profiler.reading import routes
 from moe_profiler.reading.routes import RouteLogError
 from moe_profiler.verification import report_browser
 from moe_route_log.log_format import is_sampled
@@ -228,7 +229,7 @@ def test_metrics_scrape(routes_server):
 
 def test_ctrl_c_writes_the_trailer(routes_server):
     assert routes_server.stop(signal.SIGINT) == 0, routes_server.tail()
-    wait_for_writer_exit(routes_server.log)
+    routes.wait_until_complete(routes_server.log, timeout=120)  # the writer outlives the server
     lines = log_lines(routes_server.log)
     trailer = lines[-1]
     assert trailer["type"] == "end", routes_server.shutdown_lines()
@@ -254,7 +255,7 @@ def test_counts_mode_equals_routes_mode_on_the_same_traffic(
         assert server.stop(signal.SIGTERM) == 0, server.tail()
     finally:
         server.kill()
-    wait_for_writer_exit(log)
+    routes.wait_until_complete(log, timeout=120)  # the writer outlives the server
     lines = log_lines(log)
     assert lines[0]["mode"] == "counts" and lines[-1]["type"] == "end", server.shutdown_lines()
     assert not [r for r in lines if r["type"] in ("route", "request")]
@@ -291,7 +292,7 @@ def test_the_report_of_a_counts_log_of_vllm_serve_shows_its_load_over_time(
         assert server.stop(signal.SIGINT) == 0, server.tail()
     finally:
         server.kill()
-    wait_for_writer_exit(log)
+    routes.wait_until_complete(log, timeout=120)  # the writer outlives the server
     report = pipeline.write_report([str(log)], tmp_path / "report", Options())
     series = report["time_series"]
     assert len(series["windows"]["t_end"]) >= 2
